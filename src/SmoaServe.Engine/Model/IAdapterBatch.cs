@@ -39,3 +39,18 @@ public interface IAdapterBatch
     /// <returns>y plus each row's adapter update; y itself when no row adapts this module.</returns>
     Tensor Apply(int layer, Projection projection, Tensor x, Tensor y);
 }
+
+/// <summary>
+/// Where the model runner gets adapters from (implemented by the adapter registry in Engine/Adapters).
+/// Called on the model thread only.
+/// </summary>
+public interface IAdapterSource
+{
+    bool Contains(string adapterId);
+
+    /// <summary>
+    /// The adapters for one forward over a batch whose row b uses <paramref name="rowAdapterIds"/>[b] (null = base).
+    /// Returns null when no row has an adapter, so base-only batches pay nothing.
+    /// </summary>
+    IAdapterBatch? CreateBatch(IReadOnlyList<string?> rowAdapterIds);
+}
