@@ -34,4 +34,16 @@ public sealed record ChatMessage(string Role, string Content);
 public interface IChatTemplate
 {
     string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt);
+
+    /// <summary>
+    /// Renders messages given as dictionaries (role, content and any extra fields such as tool_calls; values may be
+    /// strings, numbers, bools, null, lists, dictionaries or System.Text.Json elements), with extra template
+    /// variables (e.g. tools, date_string) that override the defaults. The default implementation keeps only
+    /// role and content.
+    /// </summary>
+    string Render(IReadOnlyList<IReadOnlyDictionary<string, object?>> messages, bool addGenerationPrompt,
+                  IReadOnlyDictionary<string, object?>? variables = null) =>
+        Render(messages.Select(m => new ChatMessage(
+            m.TryGetValue("role", out var r) ? r?.ToString() ?? "" : "",
+            m.TryGetValue("content", out var c) ? c?.ToString() ?? "" : "")).ToList(), addGenerationPrompt);
 }

@@ -1,0 +1,353 @@
+using System.Text.RegularExpressions;
+using SmoaServe.Engine.Adapters.Smoa;
+using SmoaServe.Engine.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SmoaServe.Engine.Adapters;
+
+/// <summary>What the registry knows about one loaded adapter (no tensors).</summary>
+public sealed record AdapterInfo(
+    string Name,
+    AdapterKind Kind,
+    int R,
+    int NumBlocks,
+    IReadOnlyList<int> BlockRanks,
+    double Scaling,
+    IReadOnlyList<string> TargetModules,
+    int ModuleCount,
+    long ParameterCount,
+    /// <summary>Device bytes of its factor slots (padded to the bank's shape, compute dtype).</summary>
+    long Bytes,
+    bool CarriedLayout);
+
+/// <summary>
+/// The loaded adapters of one base model, and the <see cref="IAdapterSource"/> the model runner batches from.
+/// Each adapter's factors live in shared per-(layer, module) banks (one slot per adapter), and SMoA anchors
+/// M_k = W[R_k, C_k] exist once per (layer, module, layout), so a batch mixing any adapters costs one gather
+/// and one batched GEMM per module and bank, and base-only batches cost nothing.
+/// Threading: <see cref="Load"/>, <see cref="Add"/> and <see cref="CreateBatch"/> do tensor work and must run on the
+/// model thread; <see cref="Remove"/>, <see cref="Contains"/>, <see cref="List"/> are safe from any thread.
+/// </summary>
+public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
+{
+    public const int MaxNameLength = 128;
+    private const int ProjectionCount = 7;
+    private const int PlanCacheSize = 8;
+    /// <summary>Per cached batch plan, device bytes it may keep of its rows' gathered factors (reused by every decode step).</summary>
+    private const long PlanFactorCacheBytes = 64L << 20;
+
+    private readonly object _lock = new();
+    private readonly object _loadLock = new();
+    private readonly Dictionary<string, Registered> _adapters = new(StringComparer.Ordinal);
+    private readonly Dictionary<(int, Projection, string), SmoaAnchors> _anchors = new();
+    private readonly Dictionary<(int, Projection, string, int), SmoaBank> _smoaBanks = new();
+    private readonly Dictionary<(int, Projection, int), LoraBank> _loraBanks = new();
+    private readonly Dictionary<string, BatchPlan> _plans = new(StringComparer.Ordinal);
+    private readonly Queue<string> _planOrder = new();
+    private long _version;
+
+    public AdapterRegistry(BaseModelView model, LayoutStore? layouts = null)
+    {
+        Model = model;
+        Layouts = layouts ?? new LayoutStore(model);
+    }
+
+    public BaseModelView Model { get; }
+    public LayoutStore Layouts { get; }
+
+    /// <summary>Device bytes of all SMoA anchors (shared by every adapter with the same layout).</summary>
+    public long AnchorBytes { get { lock (_lock) return _anchors.Values.Sum(a => a.Bytes); } }
+
+    public int Count { get { lock (_lock) return _adapters.Count; } }
+
+    public bool Contains(string adapterId) { lock (_lock) return _adapters.ContainsKey(adapterId); }
+
+    public IReadOnlyList<AdapterInfo> List() { lock (_lock) return _adapters.Values.Select(a => a.Info).OrderBy(i => i.Name, StringComparer.Ordinal).ToList(); }
+
+    public AdapterInfo? Get(string name) { lock (_lock) return _adapters.TryGetValue(name, out var a) ? a.Info : null; }
+
+    /// <summary>
+    /// Reads, validates (against the config and this base) and registers the adapter in <paramref name="directory"/>.
+    /// Either the adapter is fully usable afterwards or an exception says why and nothing changed. Model thread.
+    /// </summary>
+    /// <param name="replace">an adapter already loaded under this name is replaced atomically (it keeps serving if the
+    /// new one fails to load); otherwise that is an error</param>
+    public AdapterInfo Load(string name, string directory, bool replace = false)
+    {
+        CheckName(name);
+        using var definition = AdapterFiles.Read(directory, Model);
+        return Add(name, definition, replace);
+    }
+
+    /// <summary>Registers an already validated adapter (its tensors are copied; the caller keeps ownership). Model thread.</summary>
+    public AdapterInfo Add(string name, AdapterDefinition definition, bool replace = false)
+    {
+        CheckName(name);
+        lock (_loadLock)
+        {
+            lock (_lock)
+                if (!replace && _adapters.ContainsKey(name)) throw new InvalidOperationException($"adapter '{name}' is already loaded; remove it first");
+
+            CheckShapes(definition);
+            // 1. Everything that can fail on the adapter's content: layouts (SVD or stored), anchors.
+            var targets = new List<(int Layer, Projection Projection, ModuleFactors Factors, SmoaAnchors? Anchors)>();
+            foreach (var ((layer, proj), factors) in definition.Modules)
+                targets.Add((layer, proj, factors, definition.Config.Kind == AdapterKind.Smoa ? AnchorsFor(layer, proj, definition.Config.NumBlocks, factors) : null));
+
+            // 2. Slots and copies into the banks; undone if anything fails (e.g. out of memory).
+            var placements = new List<Placement>();
+            try
+            {
+                foreach (var (layer, proj, factors, anchors) in targets)
+                    placements.Add(Place(layer, proj, factors, anchors, definition.Config));
+            }
+            catch
+            {
+                lock (_lock) foreach (var p in placements) p.Bank.ReleaseSlot(p.Slot);
+                throw;
+            }
+
+            var config = definition.Config;
+            var info = new AdapterInfo(name, config.Kind, config.R, config.NumBlocks, config.BlockRanks, config.Scaling,
+                config.TargetModules.Select(ProjectionNames.ModuleName).ToList(), definition.Modules.Count, definition.ParameterCount,
+                placements.Sum(p => p.Bank.SlotBytes), definition.Modules.Values.Any(m => m.CarriedLayout is not null));
+            lock (_lock)
+            {
+                if (_adapters.Remove(name, out var old))
+                    foreach (var p in old.Placements) p.Bank.ReleaseSlot(p.Slot);
+                _adapters[name] = new Registered(info, placements);
+                _version++;
+            }
+            return info;
+        }
+    }
+
+    /// <summary>Unregisters an adapter; its slots are reused by later loads. Any thread. False when it was not loaded.</summary>
+    public bool Remove(string name)
+    {
+        lock (_lock)
+        {
+            if (!_adapters.Remove(name, out var registered)) return false;
+            foreach (var p in registered.Placements) p.Bank.ReleaseSlot(p.Slot);
+            _version++;
+            return true;
+        }
+    }
+
+    public IAdapterBatch? CreateBatch(IReadOnlyList<string?> rowAdapterIds)
+    {
+        if (rowAdapterIds.All(id => id is null)) return null;
+        lock (_lock)
+        {
+            string key = _version + "\n" + string.Join("\n", rowAdapterIds.Select(id => id ?? ""));
+            if (_plans.TryGetValue(key, out var plan)) plan.Uses++;
+            else
+            {
+                var rows = rowAdapterIds.Select(id => id is null ? null
+                    : _adapters.TryGetValue(id, out var a) ? a : throw new InvalidOperationException($"adapter '{id}' is not loaded")).ToList();
+                plan = BuildPlan(rows);
+                _plans[key] = plan;
+                _planOrder.Enqueue(key);
+                // Evicted plans are only dropped, not disposed: a batch still holding one keeps it alive (GC frees it).
+                while (_planOrder.Count > PlanCacheSize)
+                    if (_plans.Remove(_planOrder.Dequeue(), out var evicted)) evicted.DropCachedFactors();
+            }
+            return new AdapterBatch(plan);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var b in _smoaBanks.Values) b.Dispose();
+            foreach (var b in _loraBanks.Values) b.Dispose();
+            foreach (var a in _anchors.Values) a.Dispose();
+            _smoaBanks.Clear(); _loraBanks.Clear(); _anchors.Clear(); _adapters.Clear(); _plans.Clear(); _planOrder.Clear();
+        }
+    }
+
+    private SmoaAnchors AnchorsFor(int layer, Projection proj, int k, ModuleFactors factors)
+    {
+        var layout = factors.CarriedLayout ?? Layouts.Get(layer, proj, k);
+        lock (_lock)
+            if (_anchors.TryGetValue((layer, proj, layout.Hash), out var existing) && existing.Layout.SameAs(layout)) return existing;
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var anchors = new SmoaAnchors(layout, Model.Weight(layer, proj));
+        lock (_lock) _anchors[(layer, proj, layout.Hash)] = anchors;
+        return anchors;
+    }
+
+    private Placement Place(int layer, Projection proj, ModuleFactors factors, SmoaAnchors? anchors, AdapterConfig config)
+    {
+        int index = layer * ProjectionCount + (int)proj;
+        using var scope = NewDisposeScope();
+        var a = factors.A.Select(t => t?.to(Model.DType).to(Model.Device)).ToArray();
+        var b = factors.B.Select(t => t?.to(Model.DType).to(Model.Device)).ToArray();
+        if (anchors is not null)
+        {
+            int rankPad = Math.Max(1, config.BlockRanks.Max());
+            SmoaBank bank;
+            int slot;
+            lock (_lock)
+            {
+                var key = (layer, proj, anchors.Layout.Hash, rankPad);
+                if (!_smoaBanks.TryGetValue(key, out bank!)) _smoaBanks[key] = bank = new SmoaBank(anchors, rankPad, Model.DType, Model.Device);
+                slot = bank.AllocateSlot();
+            }
+            bank.Write(slot, a, b, config.Scaling);
+            return new Placement(index, bank, slot);
+        }
+        else
+        {
+            var (outF, inF) = Model.Shape(layer, proj);
+            LoraBank bank;
+            int slot;
+            lock (_lock)
+            {
+                var key = (layer, proj, config.R);
+                if (!_loraBanks.TryGetValue(key, out bank!)) _loraBanks[key] = bank = new LoraBank(config.R, inF, outF, Model.DType, Model.Device);
+                slot = bank.AllocateSlot();
+            }
+            bank.Write(slot, a[0]!, b[0]!, config.Scaling);
+            return new Placement(index, bank, slot);
+        }
+    }
+
+    /// <summary>For each (layer, module): the banks its rows use, which rows, and their slots, as device index tensors.</summary>
+    private BatchPlan BuildPlan(List<Registered?> rows)
+    {
+        var groups = new Dictionary<(int Index, FactorBank Bank), (List<long> Rows, List<long> Slots)>();
+        for (int row = 0; row < rows.Count; row++)
+        {
+            if (rows[row] is not { } adapter) continue;
+            foreach (var p in adapter.Placements)
+            {
+                if (!groups.TryGetValue((p.Index, p.Bank), out var g)) groups[(p.Index, p.Bank)] = g = ([], []);
+                g.Rows.Add(row);
+                g.Slots.Add(p.Slot);
+            }
+        }
+        var perModule = new BankGroup[Model.LayerCount * ProjectionCount][];
+        foreach (var byIndex in groups.GroupBy(g => g.Key.Index))
+            perModule[byIndex.Key] = byIndex.Select(g => new BankGroup(
+                g.Key.Bank,
+                AllRowsInOrder(g.Value.Rows, rows.Count) ? null : IndexTensor(g.Value.Rows),
+                IndexTensor(g.Value.Slots))).ToArray();
+        return new BatchPlan(rows.Count, Model.DType, perModule, PlanFactorCacheBytes);
+    }
+
+    private static bool AllRowsInOrder(List<long> rows, int batch) => rows.Count == batch && rows.Select((r, i) => r == i).All(x => x);
+
+    private Tensor IndexTensor(List<long> values) => tensor(values.ToArray(), dtype: ScalarType.Int64, device: Model.Device).DetachFromDisposeScope();
+
+    /// <summary>Cheap guard for definitions built in code (files are fully checked by AdapterDefinition.Validate).</summary>
+    private void CheckShapes(AdapterDefinition d)
+    {
+        var c = d.Config;
+        foreach (var ((layer, proj), f) in d.Modules)
+        {
+            if (layer < 0 || layer >= Model.LayerCount) throw new ArgumentException($"adapter module for layer {layer}: the base has {Model.LayerCount} layers");
+            var (m, n) = Model.Shape(layer, proj);
+            int k = c.Kind == AdapterKind.Lora ? 1 : c.NumBlocks;
+            if (f.A.Length != k || f.B.Length != k) throw new ArgumentException($"layer {layer} {ProjectionNames.ModuleName(proj)}: expected {k} factor pairs");
+            if (c.Kind == AdapterKind.Smoa) SmoaLayout.CheckBlockCount(m, n, k, $"layer {layer} {ProjectionNames.ModuleName(proj)}");
+            var rows = c.Kind == AdapterKind.Lora ? [m] : SmoaLayout.SplitSizes(m, k);
+            var cols = c.Kind == AdapterKind.Lora ? [n] : SmoaLayout.SplitSizes(n, k);
+            for (int blk = 0; blk < k; blk++)
+            {
+                int rk = c.BlockRanks[blk];
+                bool ok = rk == 0 ? f.A[blk] is null && f.B[blk] is null
+                    : f.A[blk] is { } a && f.B[blk] is { } b && a.shape.SequenceEqual(new long[] { rk, cols[blk] }) && b.shape.SequenceEqual(new long[] { rows[blk], rk });
+                if (!ok) throw new ArgumentException($"layer {layer} {ProjectionNames.ModuleName(proj)} block {blk}: factors do not have shapes [{rk}, {cols[blk]}] and [{rows[blk]}, {rk}]");
+            }
+            if (f.CarriedLayout is { } l && (l.OutFeatures != m || l.InFeatures != n || l.K != k))
+                throw new ArgumentException($"layer {layer} {ProjectionNames.ModuleName(proj)}: the stored layout is for another shape or block count");
+        }
+    }
+
+    private static void CheckName(string name)
+    {
+        if (string.IsNullOrEmpty(name) || name.Length > MaxNameLength || !NamePattern().IsMatch(name))
+            throw new ArgumentException($"adapter name '{name}' must be 1-{MaxNameLength} characters of letters, digits, '.', '_', '-', ':' or '/'");
+    }
+
+    [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+    private static partial Regex NamePattern();
+
+    private sealed record Registered(AdapterInfo Info, List<Placement> Placements);
+    internal sealed record Placement(int Index, FactorBank Bank, int Slot);
+    /// <summary>The rows of one batch that use one bank on one (layer, module), and their slots there.</summary>
+    internal sealed class BankGroup(FactorBank bank, Tensor? rows, Tensor slots)
+    {
+        public FactorBank Bank { get; } = bank;
+        /// <summary>[n] batch rows, or null when the group is the whole batch in order.</summary>
+        public Tensor? Rows { get; } = rows;
+        /// <summary>[n] each row's slot in <see cref="Bank"/>.</summary>
+        public Tensor Slots { get; } = slots;
+        /// <summary>The rows' gathered factors, kept when the plan is reused (decode steps), else null.</summary>
+        public GatheredFactors? Cached { get; set; }
+    }
+
+    /// <summary>Everything a forward needs that depends only on which adapter each row uses; cached per composition.</summary>
+    internal sealed class BatchPlan(int batchSize, ScalarType dtype, BankGroup[]?[] groups, long cacheBudget)
+    {
+        public int BatchSize { get; } = batchSize;
+        public ScalarType DType { get; } = dtype;
+        /// <summary>Per layer·7 + projection: the bank groups of that module, or null when no row adapts it.</summary>
+        public BankGroup[]?[] Groups { get; } = groups;
+        public int Uses { get; set; } = 1;
+        private long _cachedBytes;
+
+        /// <summary>The group's gathered factors: cached from the second use of the plan on, within the byte budget.</summary>
+        public GatheredFactors Factors(BankGroup g)
+        {
+            if (g.Cached is { } cached) return cached;
+            var f = g.Bank.Gather(g.Slots);
+            if (Uses >= 2 && _cachedBytes + f.Bytes <= cacheBudget)
+            {
+                f.A.DetachFromDisposeScope();
+                f.Bt.DetachFromDisposeScope();
+                g.Cached = f;
+                _cachedBytes += f.Bytes;
+            }
+            return f;
+        }
+
+        public void DropCachedFactors()
+        {
+            foreach (var g in Groups.Where(gs => gs is not null).SelectMany(gs => gs!))
+            {
+                var c = g.Cached;
+                g.Cached = null;
+                c?.A.Dispose();
+                c?.Bt.Dispose();
+            }
+            _cachedBytes = 0;
+        }
+    }
+
+    /// <summary>One forward's adapters: for every (layer, module), ΔW x of each adapted row added to y.</summary>
+    private sealed class AdapterBatch(BatchPlan plan) : IAdapterBatch
+    {
+        public Tensor Apply(int layer, Projection projection, Tensor x, Tensor y)
+        {
+            int index = layer * ProjectionCount + (int)projection;
+            if (index < 0 || index >= plan.Groups.Length || plan.Groups[index] is not { } groups) return y;
+            if (x.shape[0] != plan.BatchSize)
+                throw new InvalidOperationException($"adapter batch was built for {plan.BatchSize} rows but the forward has {x.shape[0]}");
+            var outDtype = y.dtype;
+            if (x.dtype != plan.DType) x = x.to(plan.DType);
+            if (y.dtype != plan.DType) y = y.to(plan.DType);
+            foreach (var g in groups)
+            {
+                var f = plan.Factors(g);
+                if (g.Rows is null) y = g.Bank.AddDelta(x, y, f);                                           // [B, T, out]
+                else y = y.index_copy(0, g.Rows, g.Bank.AddDelta(x.index_select(0, g.Rows), y.index_select(0, g.Rows), f));
+            }
+            return y.dtype == outDtype ? y : y.to(outDtype);
+        }
+    }
+}

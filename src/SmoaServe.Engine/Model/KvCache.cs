@@ -1,0 +1,88 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SmoaServe.Engine.Model;
+
+/// <summary>How one forward's attention layers store new keys/values and get the keys/values to attend over.</summary>
+public interface IKvAccess
+{
+    /// <param name="k">new keys [B, NKV, T, D] (after RoPE)</param>
+    /// <param name="v">new values [B, NKV, T, D]</param>
+    /// <returns>all keys/values the new tokens attend over, [B, NKV, L, D]</returns>
+    (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v);
+}
+
+/// <summary>
+/// Preallocated KV cache: per layer K and V of [slots, NKV, maxSeq, D] in the compute dtype. A slot holds one sequence;
+/// positions are absolute (the slot's tokens 0..len-1 sit at [slot, :, 0..len-1]).
+/// </summary>
+public sealed class KvCache : IDisposable
+{
+    private readonly Tensor[] _k, _v;
+
+    public int Slots { get; }
+    public int MaxSequenceLength { get; }
+
+    public KvCache(int layers, int slots, int kvHeads, int maxSequenceLength, int headDim, ScalarType dtype, Device device)
+    {
+        Slots = slots;
+        MaxSequenceLength = maxSequenceLength;
+        _k = new Tensor[layers];
+        _v = new Tensor[layers];
+        for (int l = 0; l < layers; l++)
+        {
+            _k[l] = torch.zeros([slots, kvHeads, maxSequenceLength, headDim], dtype, device).DetachFromDisposeScope();
+            _v[l] = torch.zeros([slots, kvHeads, maxSequenceLength, headDim], dtype, device).DetachFromDisposeScope();
+        }
+    }
+
+    /// <summary>Bytes held by the cache.</summary>
+    public long Bytes => _k.Sum(t => t.NumberOfElements * t.ElementSize) * 2;
+
+    /// <summary>Prefill of one sequence (batch 1) in <paramref name="slot"/>: tokens at start..start+T-1.</summary>
+    public IKvAccess ForPrefill(int slot, int start) => new PrefillAccess(this, slot, start);
+
+    /// <summary>Decode of B rows, row b writing one token at positions[b] of slots[b]; reads keys 0..length-1.</summary>
+    /// <param name="slots">int64 [B] on the cache's device</param>
+    /// <param name="positions">int64 [B] on the cache's device</param>
+    /// <param name="firstSlot">when the rows' slots are firstSlot, firstSlot+1, ... the read is a view, not a gather</param>
+    public IKvAccess ForDecode(Tensor slots, Tensor positions, int length, int? firstSlot) => new DecodeAccess(this, slots, positions, length, firstSlot);
+
+    private sealed class PrefillAccess(KvCache cache, int slot, int start) : IKvAccess
+    {
+        public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
+        {
+            long t = k.shape[2];
+            return (Write(cache._k[layer], k), Write(cache._v[layer], v));
+
+            Tensor Write(Tensor store, Tensor fresh)
+            {
+                var slotView = store.narrow(0, slot, 1);                // [1, NKV, maxSeq, D]
+                slotView.narrow(2, start, t).copy_(fresh);
+                return slotView.narrow(2, 0, start + t);               // [1, NKV, start+T, D]
+            }
+        }
+    }
+
+    private sealed class DecodeAccess(KvCache cache, Tensor slots, Tensor positions, int length, int? firstSlot) : IKvAccess
+    {
+        public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
+        {
+            return (Write(cache._k[layer], k), Write(cache._v[layer], v));
+
+            Tensor Write(Tensor store, Tensor fresh)
+            {
+                // store[slots[b], :, positions[b], :] = fresh[b, :, 0, :]
+                store.index_put_(fresh.squeeze(2), [TensorIndex.Tensor(slots), TensorIndex.Colon, TensorIndex.Tensor(positions)]);
+                var prefix = store.narrow(2, 0, length);                            // [S, NKV, L, D]
+                return firstSlot is int first ? prefix.narrow(0, first, slots.shape[0]) : prefix.index_select(0, slots);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _k) t.Dispose();
+        foreach (var t in _v) t.Dispose();
+    }
+}

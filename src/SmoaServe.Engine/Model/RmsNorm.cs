@@ -1,0 +1,21 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SmoaServe.Engine.Model;
+
+/// <summary>LlamaRMSNorm: normalise in float32, cast back to the input dtype, then scale by the weight.</summary>
+public sealed class RmsNorm(Tensor weight, double eps)
+{
+    public Tensor Weight { get; } = weight; // [hidden]
+    public double Eps { get; } = eps;
+
+    public Tensor Forward(Tensor x) // [..., hidden]
+    {
+        var inputType = x.dtype;
+        using var scope = torch.NewDisposeScope();
+        var h = x.to_type(ScalarType.Float32);
+        var variance = h.pow(2).mean([-1L], keepdim: true);
+        h = h * torch.rsqrt(variance + Eps);
+        return (Weight * h.to_type(inputType)).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,160 @@
+using SmoaServe.Engine.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SmoaServe.Engine.Runner;
+
+/// <summary>
+/// <see cref="IModelRunner"/> over a <see cref="LlamaModel"/> and a KV cache of <see cref="SlotCount"/> ×
+/// <see cref="MaxSequenceLength"/>. Prefill runs one slot (chunked via startPosition); decode runs all rows in one
+/// forward, each row at its own position (per-row masks). Adapters come from an optional <see cref="IAdapterSource"/>,
+/// one <see cref="IAdapterBatch"/> per forward. Call from one thread only.
+/// </summary>
+public sealed class ModelRunner : IModelRunner
+{
+    private readonly LlamaModel _model;
+    private readonly KvCache _cache;
+    private readonly IAdapterSource? _adapters;
+    private readonly int[] _lengths; // tokens held by each slot
+
+    public int VocabSize => _model.Config.VocabSize;
+    public int MaxSequenceLength { get; }
+    public int SlotCount { get; }
+    public LlamaModel Model => _model;
+
+    public ModelRunner(LlamaModel model, int slotCount, int maxSequenceLength, IAdapterSource? adapters = null)
+    {
+        if (slotCount <= 0) throw new ArgumentOutOfRangeException(nameof(slotCount), "at least one slot");
+        if (maxSequenceLength <= 0) throw new ArgumentOutOfRangeException(nameof(maxSequenceLength), "must be positive");
+        _model = model;
+        _adapters = adapters;
+        SlotCount = slotCount;
+        MaxSequenceLength = maxSequenceLength;
+        _lengths = new int[slotCount];
+        var c = model.Config;
+        _cache = new KvCache(c.NumLayers, slotCount, c.NumKvHeads, maxSequenceLength, c.HeadDim, model.Dtype, model.Device);
+    }
+
+    public bool HasAdapter(string? adapterId) => adapterId is null || (_adapters?.Contains(adapterId) ?? false);
+
+    /// <summary>Tokens currently held by <paramref name="slot"/>.</summary>
+    public int SlotLength(int slot) => _lengths[CheckSlot(slot)];
+
+    public float[] Prefill(int slot, ReadOnlySpan<int> tokens, int startPosition, string? adapterId)
+    {
+        CheckSlot(slot);
+        int t = tokens.Length;
+        if (t == 0) throw new ArgumentException("prefill needs at least one token");
+        if (startPosition < 0 || startPosition > _lengths[slot])
+            throw new ArgumentOutOfRangeException(nameof(startPosition), $"slot {slot} holds {_lengths[slot]} tokens; prefill cannot start at {startPosition}");
+        if (startPosition + t > MaxSequenceLength)
+            throw new ArgumentException($"sequence of {startPosition + t} tokens exceeds the runner's maximum of {MaxSequenceLength}");
+        CheckTokens(tokens);
+        var adapters = CreateAdapterBatch([adapterId]);
+
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var ids = ToDevice(tokens.ToArray().Select(x => (long)x).ToArray()).view(1, t);                     // [1, T]
+        var positions = torch.arange(startPosition, startPosition + t, dtype: ScalarType.Int64, device: _model.Device).view(1, t);
+        var (cos, sin) = _model.Rotary.CosSin(positions, _model.Dtype);
+        var state = new ForwardState
+        {
+            Cos = cos, Sin = sin,
+            IsCausal = startPosition == 0 && t > 1,
+            Mask = startPosition == 0 ? null : PrefillMask(startPosition, t),
+            Cache = _cache.ForPrefill(slot, startPosition),
+            Adapters = adapters,
+        };
+        var logits = _model.Forward(ids, state, lastTokenOnly: true);                                        // [1, 1, V]
+        _lengths[slot] = startPosition + t;
+        return logits.reshape(-1).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+    }
+
+    public float[][] Decode(IReadOnlyList<DecodeRow> rows)
+    {
+        if (rows.Count == 0) return [];
+        var seen = new HashSet<int>();
+        foreach (var r in rows)
+        {
+            CheckSlot(r.Slot);
+            if (!seen.Add(r.Slot)) throw new ArgumentException($"slot {r.Slot} appears twice in one decode step");
+            if (r.Position < 0 || r.Position > _lengths[r.Slot])
+                throw new ArgumentOutOfRangeException(nameof(rows), $"slot {r.Slot} holds {_lengths[r.Slot]} tokens; cannot decode at position {r.Position}");
+            if (r.Position >= MaxSequenceLength)
+                throw new ArgumentException($"slot {r.Slot}: position {r.Position} is beyond the runner's maximum of {MaxSequenceLength}");
+            if ((uint)r.Token >= (uint)VocabSize) throw new ArgumentOutOfRangeException(nameof(rows), $"token id {r.Token} is outside the vocabulary (0..{VocabSize - 1})");
+        }
+        var adapters = CreateAdapterBatch(rows.Select(r => r.AdapterId).ToList());
+
+        int b = rows.Count;
+        int length = rows.Max(r => r.Position) + 1;
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var ids = ToDevice(rows.Select(r => (long)r.Token).ToArray()).view(b, 1);           // [B, 1]
+        var positions = ToDevice(rows.Select(r => (long)r.Position).ToArray());             // [B]
+        var slots = ToDevice(rows.Select(r => (long)r.Slot).ToArray());                     // [B]
+        var (cos, sin) = _model.Rotary.CosSin(positions.view(b, 1), _model.Dtype);
+        var mask = DecodeMask(positions, length);
+        var state = new ForwardState
+        {
+            Cos = cos, Sin = sin,
+            Mask = mask,
+            AttentionBias = torch.zeros(mask.shape, _model.Dtype, _model.Device).masked_fill_(mask.logical_not(), double.NegativeInfinity),
+            Cache = _cache.ForDecode(slots, positions, length, ConsecutiveFirstSlot(rows)),
+            Adapters = adapters,
+        };
+        var logits = _model.Forward(ids, state).reshape(b, VocabSize).to_type(ScalarType.Float32).cpu(); // [B, V]
+        foreach (var r in rows) _lengths[r.Slot] = r.Position + 1;
+        var flat = logits.data<float>().ToArray();
+        var result = new float[b][];
+        for (int i = 0; i < b; i++) result[i] = flat.AsSpan(i * VocabSize, VocabSize).ToArray();
+        return result;
+    }
+
+    public void FreeSlot(int slot) => _lengths[CheckSlot(slot)] = 0;
+
+    /// <summary>[1, 1, T, start+T]: query i (at start+i) may attend to keys 0..start+i.</summary>
+    private Tensor PrefillMask(int start, int t)
+    {
+        var keys = torch.arange(start + t, dtype: ScalarType.Int64, device: _model.Device);              // [L]
+        var queries = torch.arange(start, start + t, dtype: ScalarType.Int64, device: _model.Device);    // [T]
+        return keys.unsqueeze(0).le(queries.unsqueeze(1)).view(1, 1, t, start + t);
+    }
+
+    /// <summary>[B, 1, 1, L]: row b may attend to keys 0..positions[b].</summary>
+    private Tensor DecodeMask(Tensor positions, int length)
+    {
+        var keys = torch.arange(length, dtype: ScalarType.Int64, device: _model.Device);                // [L]
+        return keys.unsqueeze(0).le(positions.unsqueeze(1)).view(positions.shape[0], 1, 1, length);
+    }
+
+    /// <summary>When rows use slots f, f+1, f+2, ... the cache can be read as a view.</summary>
+    private static int? ConsecutiveFirstSlot(IReadOnlyList<DecodeRow> rows)
+    {
+        for (int i = 1; i < rows.Count; i++)
+            if (rows[i].Slot != rows[0].Slot + i) return null;
+        return rows[0].Slot;
+    }
+
+    private IAdapterBatch? CreateAdapterBatch(IReadOnlyList<string?> rowAdapterIds)
+    {
+        if (rowAdapterIds.All(id => id is null)) return null;
+        if (_adapters is null) throw new InvalidOperationException($"adapter '{rowAdapterIds.First(id => id is not null)}' requested but this runner has no adapter source");
+        foreach (var id in rowAdapterIds)
+            if (id is not null && !_adapters.Contains(id)) throw new ArgumentException($"adapter '{id}' is not loaded");
+        return _adapters.CreateBatch(rowAdapterIds);
+    }
+
+    private Tensor ToDevice(long[] values) => torch.tensor(values, dtype: ScalarType.Int64).to(_model.Device);
+
+    private void CheckTokens(ReadOnlySpan<int> tokens)
+    {
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} is outside the vocabulary (0..{VocabSize - 1})");
+    }
+
+    private int CheckSlot(int slot) =>
+        slot >= 0 && slot < SlotCount ? slot : throw new ArgumentOutOfRangeException(nameof(slot), $"slot {slot} of {SlotCount}");
+
+    public void Dispose() => _cache.Dispose();
+}

@@ -1,0 +1,421 @@
+using System.Diagnostics;
+using SmoaServe.Engine.Generation;
+using SmoaServe.Engine.Runner;
+
+namespace SmoaServe.Engine.Scheduling;
+
+/// <summary>
+/// Continuous batching over one <see cref="IModelRunner"/>, owned by one dedicated model thread (TorchSharp scopes
+/// are per thread; nothing here awaits). Each step: every running sequence that has its prompt in the KV cache
+/// decodes one token (rows may use different adapters), then waiting prompts are prefilled in chunks with the rest
+/// of the step's token budget. Sequences join as soon as a slot is free and leave as soon as they finish or are
+/// cancelled, so the batch changes at every step.
+/// </summary>
+public sealed class Scheduler : IDisposable
+{
+    private readonly Func<IModelRunner> _createRunner;
+    private readonly SchedulerOptions _options;
+    private readonly ISchedulerMetrics? _metrics;
+    private readonly Thread _thread;
+    private readonly AutoResetEvent _wake = new(false);
+    private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly LinkedList<Sequence> _waiting = new();    // guarded by _waiting
+    private readonly Queue<(Action<IModelRunner> Run, Action<Exception> Fail)> _work = new(); // guarded by _work
+    private readonly List<Sequence> _running = new();           // model thread only
+    private readonly Stack<int> _freeSlots = new();             // model thread only
+    private IModelRunner? _runner;
+    private volatile bool _stopping;
+    private bool _closed; // no more submissions or work items; set under both locks
+    private int _maxRunning;
+
+    public Scheduler(Func<IModelRunner> createRunner, SchedulerOptions options, ISchedulerMetrics? metrics = null)
+    {
+        options.Validate();
+        _createRunner = createRunner;
+        _options = options;
+        _metrics = metrics;
+        _thread = new Thread(RunLoop) { IsBackground = true, Name = "smoa-model" };
+        _thread.Start();
+    }
+
+    /// <summary>Completes once the runner is created on the model thread (faults with the creation error).</summary>
+    public Task Ready => _ready.Task;
+    public int VocabSize { get; private set; }
+    public int MaxSequenceLength { get; private set; }
+    public int MaxRunning => _maxRunning;
+    public int QueueDepth { get { lock (_waiting) return _waiting.Count; } }
+    /// <summary>Running batch size as of the last step.</summary>
+    public int RunningCount { get; private set; }
+    /// <summary>Largest decode batch so far (rows in one step).</summary>
+    public int PeakDecodeRows { get; private set; }
+    /// <summary>Requests queued or running.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+    private int _inFlight;
+    /// <summary>Set when the model loop died (a bug or a runner failure outside a step); nothing runs any more.</summary>
+    public Exception? Fault { get; private set; }
+
+    /// <summary>
+    /// Queues a request. Throws <see cref="QueueFullException"/> when the queue is full, ArgumentException for a
+    /// prompt the runner cannot take, InvalidOperationException when not ready or shutting down.
+    /// </summary>
+    public GenerationStream Submit(GenerationRequest request)
+    {
+        if (!_ready.Task.IsCompletedSuccessfully) throw new InvalidOperationException("the model is not loaded");
+        if (_stopping) throw new InvalidOperationException("the scheduler is shutting down");
+        ValidatePrompt(request);
+        var seq = new Sequence(request, new GenerationStream(Wake));
+        seq.Registration = request.CancellationToken.Register(seq.Stream.Cancel); // before queueing: End disposes it
+        lock (_waiting)
+        {
+            string? refusal = _closed ? "the scheduler is shutting down" : null;
+            if (refusal is not null || _waiting.Count >= _options.MaxQueued)
+            {
+                seq.Registration.Dispose();
+                throw refusal is not null ? new InvalidOperationException(refusal) : new QueueFullException(_options.MaxQueued);
+            }
+            _waiting.AddLast(seq);
+            Interlocked.Increment(ref _inFlight);
+        }
+        Wake();
+        return seq.Stream;
+    }
+
+    /// <summary>Runs <paramref name="work"/> on the model thread between two steps (e.g. loading an adapter).</summary>
+    public Task<T> RunOnModelThread<T>(Func<IModelRunner, T> work)
+    {
+        var tcs = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_work)
+        {
+            if (_closed) { tcs.SetException(new InvalidOperationException("the scheduler is shut down")); return tcs.Task; }
+            _work.Enqueue((runner =>
+            {
+                try { tcs.SetResult(work(runner)); }
+                catch (Exception e) { tcs.SetException(e); }
+            }, e => tcs.TrySetException(e)));
+        }
+        Wake();
+        return tcs.Task;
+    }
+
+    public Task RunOnModelThread(Action<IModelRunner> work) => RunOnModelThread<bool>(r => { work(r); return true; });
+
+    private void ValidatePrompt(GenerationRequest request)
+    {
+        var ids = request.PromptIds;
+        if (ids.Count == 0) throw new ArgumentException("the prompt is empty");
+        if (ids.Count >= MaxSequenceLength)
+            throw new ArgumentException($"the prompt has {ids.Count} tokens; the model's context is {MaxSequenceLength}");
+        for (int i = 0; i < ids.Count; i++)
+            if ((uint)ids[i] >= (uint)VocabSize) throw new ArgumentException($"prompt token {ids[i]} at index {i} is outside the vocabulary [0, {VocabSize})");
+        if (request.Sampling.MaxTokens < 1) throw new ArgumentException("max tokens must be >= 1");
+    }
+
+    private void Wake() => _wake.Set();
+
+    // ---- model thread ----
+
+    private void RunLoop()
+    {
+        if (!CreateRunner()) return;
+        try
+        {
+            while (!_stopping)
+            {
+                RunPendingWork();
+                ReapCancelled();
+                Admit();
+                if (_running.Count == 0)
+                {
+                    ReportIdle();
+                    _wake.WaitOne(TimeSpan.FromMilliseconds(250));
+                    continue;
+                }
+                Step();
+            }
+        }
+        catch (Exception e)
+        {
+            Fault = e;
+            _stopping = true;
+            FailAll("scheduler failure: " + e.Message);
+        }
+        finally
+        {
+            ShutDown();
+        }
+    }
+
+    private bool CreateRunner()
+    {
+        try
+        {
+            _runner = _createRunner();
+            VocabSize = _runner.VocabSize;
+            MaxSequenceLength = _runner.MaxSequenceLength;
+            _maxRunning = Math.Min(_options.MaxRunning ?? _runner.SlotCount, _runner.SlotCount);
+            if (_maxRunning < 1) throw new InvalidOperationException($"the runner has {_runner.SlotCount} KV slots");
+            for (int s = _maxRunning - 1; s >= 0; s--) _freeSlots.Push(s);
+            _ready.SetResult();
+            return true;
+        }
+        catch (Exception e)
+        {
+            _ready.TrySetException(e);
+            _stopping = true;
+            Close();
+            FailWork(new InvalidOperationException("the model failed to load: " + e.Message, e));
+            return false;
+        }
+    }
+
+    private void RunPendingWork()
+    {
+        while (true)
+        {
+            Action<IModelRunner> run;
+            lock (_work)
+            {
+                if (_work.Count == 0) return;
+                run = _work.Dequeue().Run;
+            }
+            run(_runner!);
+        }
+    }
+
+    /// <summary>
+    /// Cancelled sequences leave the batch (slot freed) or the queue before the next step; so do running sequences
+    /// whose adapter was unloaded (by work run between steps), so one removal never fails the other rows' step.
+    /// </summary>
+    private void ReapCancelled()
+    {
+        for (int i = _running.Count - 1; i >= 0; i--)
+        {
+            var seq = _running[i];
+            if (seq.Stream.CancelRequested) Finish(seq, FinishReason.Cancelled);
+            else if (seq.Request.AdapterId is not null && !_runner!.HasAdapter(seq.Request.AdapterId))
+                Finish(seq, FinishReason.Error, $"adapter '{seq.Request.AdapterId}' was unloaded");
+        }
+        List<Sequence>? dropped = null;
+        lock (_waiting)
+        {
+            for (var node = _waiting.First; node is not null;)
+            {
+                var next = node.Next;
+                if (node.Value.Stream.CancelRequested) { _waiting.Remove(node); (dropped ??= new()).Add(node.Value); }
+                node = next;
+            }
+        }
+        if (dropped is not null) foreach (var s in dropped) End(s, FinishReason.Cancelled);
+    }
+
+    /// <summary>Moves waiting requests into free slots, first come first served.</summary>
+    private void Admit()
+    {
+        while (_freeSlots.Count > 0)
+        {
+            Sequence seq;
+            lock (_waiting)
+            {
+                if (_waiting.First is null) return;
+                seq = _waiting.First.Value;
+                _waiting.RemoveFirst();
+            }
+            if (!_runner!.HasAdapter(seq.Request.AdapterId))
+            {
+                End(seq, FinishReason.Error, $"adapter '{seq.Request.AdapterId}' is not loaded");
+                continue;
+            }
+            seq.Slot = _freeSlots.Pop();
+            _running.Add(seq);
+        }
+    }
+
+    /// <summary>One batched decode for every prefilled sequence, then prefill chunks within the remaining budget.</summary>
+    private void Step()
+    {
+        // rows grouped by adapter: the batch's adapter list then depends only on how many rows use each adapter,
+        // so the adapter source's per-batch plans are reused when sequences come and go
+        var decoding = _running.Where(s => s.Prefilled == s.PromptLength)
+            .OrderBy(s => s.Request.AdapterId ?? "", StringComparer.Ordinal).ThenBy(s => s.Slot).ToList();
+        if (decoding.Count > 0) DecodeStep(decoding);
+        // at least one prefill token per step, so prompts progress even when decode rows fill the budget
+        int budget = Math.Max(_options.MaxBatchedTokens - decoding.Count, 1);
+        int prefillTokens = 0;
+        foreach (var seq in _running.Where(s => s.Prefilled < s.PromptLength).ToList())
+        {
+            if (budget <= 0) break;
+            int n = Math.Min(Math.Min(seq.PromptLength - seq.Prefilled, _options.MaxPrefillChunk), budget);
+            PrefillChunk(seq, n);
+            budget -= n;
+            prefillTokens += n;
+        }
+        RunningCount = _running.Count;
+        _metrics?.OnStep(_running.Count, QueueDepth, decoding.Count, prefillTokens);
+    }
+
+    private void DecodeStep(List<Sequence> decoding)
+    {
+        var rows = decoding.Select(s => new DecodeRow(s.Slot, s.LastToken, s.Position, s.Request.AdapterId)).ToList();
+        PeakDecodeRows = Math.Max(PeakDecodeRows, rows.Count);
+        if (TryDecode(rows, out var logits, out var error))
+        {
+            for (int i = 0; i < decoding.Count; i++) Accept(decoding[i], logits[i]);
+            return;
+        }
+        if (decoding.Count == 1)
+        {
+            Finish(decoding[0], FinishReason.Error, "decode failed: " + error);
+            return;
+        }
+        // isolate the failing row(s): a failed step leaves every slot as it was, so each row can be retried alone
+        for (int i = 0; i < decoding.Count; i++)
+        {
+            if (TryDecode([rows[i]], out var one, out var rowError)) Accept(decoding[i], one[0]);
+            else Finish(decoding[i], FinishReason.Error, "decode failed: " + rowError);
+        }
+    }
+
+    private bool TryDecode(IReadOnlyList<DecodeRow> rows, out float[][] logits, out string? error)
+    {
+        try
+        {
+            logits = _runner!.Decode(rows);
+            if (logits.Length != rows.Count) throw new InvalidOperationException($"the runner returned {logits.Length} rows for {rows.Count}");
+            error = null;
+            return true;
+        }
+        catch (Exception e)
+        {
+            logits = [];
+            error = e.Message;
+            return false;
+        }
+    }
+
+    private void PrefillChunk(Sequence seq, int n)
+    {
+        float[] logits;
+        try
+        {
+            var ids = seq.Request.PromptIds;
+            var chunk = new int[n];
+            for (int i = 0; i < n; i++) chunk[i] = ids[seq.Prefilled + i];
+            logits = _runner!.Prefill(seq.Slot, chunk, seq.Prefilled, seq.Request.AdapterId);
+        }
+        catch (Exception e)
+        {
+            Finish(seq, FinishReason.Error, "prefill failed: " + e.Message);
+            return;
+        }
+        seq.Prefilled += n;
+        if (seq.Prefilled == seq.PromptLength) Accept(seq, logits);
+    }
+
+    /// <summary>Samples the next token from a row of logits, emits it, and ends the sequence on a stop id or length.</summary>
+    private void Accept(Sequence seq, float[] logits)
+    {
+        if (seq.Stream.CancelRequested) return; // reaped before the next step
+        var sampling = seq.Request.Sampling;
+        int token = seq.Sampler.Sample(logits);
+        seq.Generated++;
+        seq.LastToken = token;
+        ReportLatency(seq);
+        seq.Stream.Write(GenerationOutput.ForToken(token));
+        if (sampling.StopTokenIds.Contains(token)) Finish(seq, FinishReason.Stop);
+        else if (seq.Generated >= sampling.MaxTokens || seq.PromptLength + seq.Generated >= MaxSequenceLength) Finish(seq, FinishReason.Length);
+    }
+
+    private void ReportLatency(Sequence seq)
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (seq.Generated == 1) _metrics?.OnFirstToken(Stopwatch.GetElapsedTime(seq.SubmittedAt, now));
+        else _metrics?.OnInterToken(Stopwatch.GetElapsedTime(seq.LastTokenAt, now));
+        seq.LastTokenAt = now;
+    }
+
+    /// <summary>Ends a running sequence: frees its KV slot and closes its stream.</summary>
+    private void Finish(Sequence seq, FinishReason reason, string? error = null)
+    {
+        if (!_running.Remove(seq)) return;
+        try { _runner!.FreeSlot(seq.Slot); }
+        catch (Exception e) { error ??= "freeing the KV slot failed: " + e.Message; }
+        _freeSlots.Push(seq.Slot);
+        End(seq, reason, error);
+    }
+
+    private void End(Sequence seq, FinishReason reason, string? error = null)
+    {
+        seq.Registration.Dispose();
+        seq.Stream.Write(new GenerationOutput(-1, reason, seq.PromptLength, seq.Generated, error));
+        seq.Stream.Complete();
+        Interlocked.Decrement(ref _inFlight);
+        _metrics?.OnFinished(reason, seq.PromptLength, seq.Generated);
+    }
+
+    private void ReportIdle()
+    {
+        if (RunningCount == 0 && _idleReported) return;
+        RunningCount = 0;
+        _idleReported = true;
+        _metrics?.OnStep(0, QueueDepth, 0, 0);
+    }
+    private bool _idleReported;
+
+    private void FailAll(string message)
+    {
+        foreach (var s in _running.ToList()) Finish(s, FinishReason.Error, message);
+        List<Sequence> waiting;
+        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); }
+        foreach (var s in waiting) End(s, FinishReason.Error, message);
+    }
+
+    private void FailWork(Exception e)
+    {
+        lock (_work)
+            while (_work.Count > 0) _work.Dequeue().Fail(e);
+    }
+
+    private void Close()
+    {
+        lock (_waiting) lock (_work) _closed = true;
+    }
+
+    private void ShutDown()
+    {
+        Close();
+        foreach (var s in _running.ToList()) Finish(s, FinishReason.Cancelled, "the server is shutting down");
+        List<Sequence> waiting;
+        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); }
+        foreach (var s in waiting) End(s, FinishReason.Cancelled, "the server is shutting down");
+        RunPendingWork();
+        try { _runner?.Dispose(); } catch { /* shutting down */ }
+        _runner = null;
+        FailWork(new ObjectDisposedException(nameof(Scheduler)));
+    }
+
+    /// <summary>Cancels everything in flight, stops the model thread and disposes the runner on it.</summary>
+    public void Dispose()
+    {
+        _stopping = true;
+        Wake();
+        if (Thread.CurrentThread != _thread) _thread.Join();
+        _ready.TrySetException(new ObjectDisposedException(nameof(Scheduler)));
+    }
+
+    private sealed class Sequence(GenerationRequest request, GenerationStream stream)
+    {
+        public GenerationRequest Request { get; } = request;
+        public GenerationStream Stream { get; } = stream;
+        public CancellationTokenRegistration Registration { get; set; }
+        public Sampler Sampler { get; } = new(request.Sampling.ToSamplingOptions());
+        public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
+        public long LastTokenAt { get; set; }
+        public int PromptLength => Request.PromptIds.Count;
+        public int Slot { get; set; } = -1;
+        public int Prefilled { get; set; }
+        public int Generated { get; set; }
+        public int LastToken { get; set; }
+        /// <summary>Position at which <see cref="LastToken"/> is fed to the next decode.</summary>
+        public int Position => PromptLength + Generated - 1;
+    }
+}

@@ -1,0 +1,81 @@
+using SmoaServe.Engine.Generation;
+
+namespace SmoaServe.Engine.Scheduling;
+
+/// <summary>Limits of the continuous-batching scheduler.</summary>
+public sealed class SchedulerOptions
+{
+    /// <summary>Most sequences in the running batch (each holds a KV slot); null or larger than the runner's slots = all slots.</summary>
+    public int? MaxRunning { get; set; }
+    /// <summary>Token budget of one step: one per decoding row plus the prefill chunks.</summary>
+    public int MaxBatchedTokens { get; set; } = 256;
+    /// <summary>Longest prefill chunk of one prompt in one step.</summary>
+    public int MaxPrefillChunk { get; set; } = 128;
+    /// <summary>Requests waiting for a slot; one more is rejected (<see cref="QueueFullException"/>).</summary>
+    public int MaxQueued { get; set; } = 256;
+
+    public void Validate()
+    {
+        if (MaxRunning is < 1) throw new ArgumentException($"MaxRunning must be >= 1 (got {MaxRunning})");
+        if (MaxBatchedTokens < 1) throw new ArgumentException($"MaxBatchedTokens must be >= 1 (got {MaxBatchedTokens})");
+        if (MaxPrefillChunk < 1) throw new ArgumentException($"MaxPrefillChunk must be >= 1 (got {MaxPrefillChunk})");
+        if (MaxQueued < 0) throw new ArgumentException($"MaxQueued must be >= 0 (got {MaxQueued})");
+    }
+}
+
+/// <summary>Per-request sampling. Temperature 0 = greedy; Seed makes sampling reproducible.</summary>
+public sealed record SamplingParams
+{
+    public float Temperature { get; init; } = 1f;
+    public float TopP { get; init; } = 1f;
+    /// <summary>0 = no top-k filter.</summary>
+    public int TopK { get; init; }
+    public long? Seed { get; init; }
+    /// <summary>Most tokens to generate (capped further by the runner's sequence length).</summary>
+    public int MaxTokens { get; init; } = 16;
+    /// <summary>Token ids that end the sequence (EOS); the stop token itself is emitted and counted.</summary>
+    public IReadOnlySet<int> StopTokenIds { get; init; } = new HashSet<int>();
+
+    /// <summary>The engine sampler's options (a 64-bit API seed folded to 32 bits).</summary>
+    public SamplingOptions ToSamplingOptions() =>
+        new(Temperature, TopK, TopP, Seed is { } s ? unchecked((int)(s ^ (s >> 32))) : null);
+}
+
+public sealed class GenerationRequest
+{
+    public required IReadOnlyList<int> PromptIds { get; init; }
+    /// <summary>null = base model.</summary>
+    public string? AdapterId { get; init; }
+    public required SamplingParams Sampling { get; init; }
+    /// <summary>Cancelling (e.g. client disconnect) stops the sequence at the next step and frees its KV slot.</summary>
+    public CancellationToken CancellationToken { get; init; }
+    public string? RequestId { get; init; }
+}
+
+public enum FinishReason { Stop, Length, Cancelled, Error }
+
+/// <summary>
+/// One item of a request's output stream: a generated token (<see cref="Token"/> ≥ 0), or the end
+/// (<see cref="Finish"/> set, with the final counts). The end is always the last item.
+/// </summary>
+public readonly record struct GenerationOutput(int Token, FinishReason? Finish, int PromptTokens, int CompletionTokens, string? Error)
+{
+    public static GenerationOutput ForToken(int token) => new(token, null, 0, 0, null);
+    public bool IsToken => Finish is null;
+}
+
+/// <summary>The queue is full: try again later (HTTP 429).</summary>
+public sealed class QueueFullException(int maxQueued) : Exception($"the request queue is full ({maxQueued} waiting); retry later")
+{
+    public int MaxQueued { get; } = maxQueued;
+}
+
+/// <summary>Metric hooks, called on the model thread; keep them cheap.</summary>
+public interface ISchedulerMetrics
+{
+    /// <summary>After every step (and when idle): running batch size and queue depth.</summary>
+    void OnStep(int running, int queued, int decodeRows, int prefillTokens);
+    void OnFirstToken(TimeSpan timeToFirstToken);
+    void OnInterToken(TimeSpan interTokenLatency);
+    void OnFinished(FinishReason reason, int promptTokens, int completionTokens);
+}

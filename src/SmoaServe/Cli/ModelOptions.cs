@@ -1,0 +1,49 @@
+using SmoaServe.Engine.Model;
+using SmoaServe.Engine.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SmoaServe.Cli;
+
+/// <summary>Options shared by the commands that load a model: --model, --device, --dtype, --threads, --adapter.</summary>
+public static class ModelOptions
+{
+    public static readonly string[] ValueOptions = ["model", "device", "dtype", "threads", "adapter"];
+
+    public const string Help =
+        "  --device cpu|cuda          where the model runs (default cpu)\n" +
+        "  --dtype float32|bfloat16   compute dtype (default float32 on cpu, bfloat16 on cuda)\n" +
+        "  --threads N                libtorch intra-op threads (default: one per core)";
+
+    /// <summary>
+    /// HOOK for the adapters code: turns (base model, --adapter DIR) into an adapter source holding that adapter and the
+    /// id to request it by. Set it once at start-up (e.g. from a module initializer in the adapters' CLI file).
+    /// While it is null, --adapter is an error "adapters not available yet".
+    /// </summary>
+    public static Func<LlamaModel, string, (IAdapterSource Source, string AdapterId)>? AdapterSourceFactory { get; set; }
+
+    public static ModelLoadOptions LoadOptions(CliArgs args)
+    {
+        TorchRuntime.ConfigureThreads(args.GetInt("threads", 0));
+        Device device;
+        try { device = TorchRuntime.ResolveDevice(args.Get("device") ?? "cpu"); }
+        catch (ArgumentException e) { throw new UsageException("--device: " + e.Message); }
+        ScalarType? dtype = null;
+        if (args.Get("dtype") is { } d)
+        {
+            try { dtype = TorchRuntime.ParseDtype(d); }
+            catch (ArgumentException e) { throw new UsageException("--dtype: " + e.Message); }
+        }
+        return new ModelLoadOptions(device, dtype);
+    }
+
+    /// <summary>The adapter given with --adapter (null source when there is none).</summary>
+    public static (IAdapterSource? Source, string? AdapterId) Adapter(CliArgs args, LlamaModel model)
+    {
+        if (args.Get("adapter") is not { } dir) return (null, null);
+        if (AdapterSourceFactory is null) throw new UsageException("--adapter: adapters not available yet");
+        if (!Directory.Exists(dir)) throw new UsageException($"--adapter: directory not found: {dir}");
+        var (source, id) = AdapterSourceFactory(model, dir);
+        return (source, id);
+    }
+}
