@@ -23,7 +23,7 @@ public sealed class BenchCommand : ICommand
         usage: smoa bench decode (--model DIR | --synthetic {SyntheticLlama.SpecHelp})
                  --adapter-kind smoa|lora --r R --num-blocks K --target-modules a,b,... --adapters N --batch B --steps S
                  [--device cpu|cuda] [--dtype float32|bfloat16] [--threads N] [--json]
-                 [--prompt-len P] [--warmup W] [--rounds R] [--alpha A] [--data DIR] [--seed S] [--no-swap]
+                 [--prompt-len P] [--warmup W] [--rounds R] [--alpha A] [--data DIR] [--seed S] [--no-swap] [--random-layout]
 
           --adapter-kind smoa|lora  random non-zero adapters of this kind (--num-blocks is ignored for lora)
           --target-modules LIST     e.g. q_proj,k_proj,v_proj,o_proj (or 'all' for the seven projections)
@@ -31,6 +31,7 @@ public sealed class BenchCommand : ICommand
           --batch B / --steps S     B sequences, S timed decode steps each (after W warm-up steps, default 4)
           --prompt-len P            prompt tokens prefilled per sequence before decoding (default 16)
           --rounds R                rounds of interleaved base/mixed steps; all are averaged (default 2)
+          --random-layout           (synthetic models) random block layouts of the right sizes instead of SVDs
           --data DIR                SMoA layout cache directory (skips the SVDs on the next run)
           --json                    last line: {"{"}"base_tokens_per_s": x, "mixed_tokens_per_s": y, "swap_tokens_per_s": z, ...{"}"}
         {ModelOptions.Help}
@@ -45,7 +46,7 @@ public sealed class BenchCommand : ICommand
     public int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return Server.LoadTest.Run(args[1..]);   // HTTP load test (server slot)
-        var a = CliArgs.Parse(args, Options, ["json", "no-swap"]);
+        var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
         if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode ... or smoa bench serve ...");
         var s = Settings.From(a);
         var log = s.Json ? Console.Error : Console.Out;
@@ -134,6 +135,8 @@ public sealed class BenchCommand : ICommand
         var config = s.Kind == AdapterKind.Smoa ? AdapterConfig.Smoa(s.R, s.K, s.Alpha, s.Targets) : AdapterConfig.Lora(s.R, s.Alpha, s.Targets);
         var definitions = new List<AdapterDefinition>();
         var layoutWatch = Stopwatch.StartNew();
+        if (s.Kind == AdapterKind.Smoa && s.RandomLayout)
+            PresetRandomLayouts(s, view, registry.Layouts);
         if (s.Kind == AdapterKind.Smoa)
             for (int layer = 0; layer < view.LayerCount; layer++)
                 foreach (var p in s.Targets) registry.Layouts.Get(layer, p, s.K);
@@ -153,6 +156,27 @@ public sealed class BenchCommand : ICommand
         return definitions;
     }
 
+    /// <summary>Random row/column permutations split into the spec's block sizes: what an SVD layout costs to serve, without the SVDs.</summary>
+    private static void PresetRandomLayouts(Settings s, BaseModelView view, LayoutStore layouts)
+    {
+        var rng = new Random(s.Seed);
+        long[][] Split(int total) 
+        {
+            var perm = Enumerable.Range(0, total).Select(i => (long)i).ToArray();
+            rng.Shuffle(perm);
+            var sizes = SmoaLayout.SplitSizes(total, s.K);
+            var blocks = new long[s.K][];
+            for (int k = 0, start = 0; k < s.K; start += sizes[k], k++) blocks[k] = perm[start..(start + sizes[k])];
+            return blocks;
+        }
+        for (int layer = 0; layer < view.LayerCount; layer++)
+            foreach (var p in s.Targets)
+            {
+                var (m, n) = view.Shape(layer, p);
+                layouts.Preset(layer, p, SmoaLayout.FromIndices(m, n, Split(m), Split(n), "random layout"));
+            }
+    }
+
     private static Engine.Checkpoints.ModelConfig ParseSynthetic(string spec)
     {
         try { return SyntheticLlama.ParseSpec(spec); }
@@ -165,7 +189,7 @@ public sealed class BenchCommand : ICommand
 
     private sealed record Settings(
         string? ModelDir, string? Synthetic, AdapterKind Kind, int R, int K, IReadOnlyList<Projection> Targets, int Adapters,
-        int Batch, int Steps, int PromptLen, int Warmup, int Rounds, double Alpha, string? DataDir, int Seed, bool Json, bool NoSwap)
+        int Batch, int Steps, int PromptLen, int Warmup, int Rounds, double Alpha, string? DataDir, int Seed, bool Json, bool NoSwap, bool RandomLayout)
     {
         public static Settings From(CliArgs a)
         {
@@ -191,7 +215,8 @@ public sealed class BenchCommand : ICommand
             return new Settings(a.Get("model"), a.Get("synthetic"), kind, r, k, targets,
                 Positive("adapters", null, 4096), Positive("batch", null, 4096), Positive("steps", null, 100_000),
                 Positive("prompt-len", 16, 100_000), a.GetInt("warmup", 4) is var w and >= 0 ? w : throw new UsageException("--warmup must be >= 0"),
-                Positive("rounds", 2, 100), a.GetDouble("alpha", 2.0 * r), a.Get("data"), a.GetInt("seed", 1), a.Flag("json"), a.Flag("no-swap"));
+                Positive("rounds", 2, 100), a.GetDouble("alpha", 2.0 * r), a.Get("data"), a.GetInt("seed", 1), a.Flag("json"), a.Flag("no-swap"),
+                a.Flag("random-layout") && !a.Has("model") ? true : a.Flag("random-layout") ? throw new UsageException("--random-layout is for --synthetic models") : false);
         }
     }
 

@@ -29,6 +29,12 @@ public sealed class LayoutStore(BaseModelView model, string? dataDirectory = nul
     public SmoaLayout Get(int layer, Projection projection, int k) =>
         _memory.GetOrAdd((layer, projection, k), key => LoadFromDisk(key) ?? ComputeAndSave(key));
 
+    /// <summary>
+    /// Installs a layout for (layer, projection, K) without an SVD. For synthetic benchmarks only: on random weights
+    /// the spectral order means nothing and only the block sizes matter for speed.
+    /// </summary>
+    public void Preset(int layer, Projection projection, SmoaLayout layout) => _memory[(layer, projection, layout.K)] = layout;
+
     private SmoaLayout ComputeAndSave((int Layer, Projection Projection, int K) key)
     {
         Interlocked.Increment(ref _svdCount);
