@@ -1,4 +1,6 @@
 #!/bin/bash
+# Prepare first: ../shared/gpu/prepare.sh src/SmoaServe; cp scripts/gpu-issue5.sh .device/; then the device tool with
+# carry [".device"] and command: bash .device/gpu-issue5.sh
 # Issue 5 checks on the H200, one run: parity (f32/bf16, with and without each adapter) and the 8B-shaped decode bench.
 here=.device
 S="bash $here/on-device.sh smoa.dll"

@@ -45,7 +45,8 @@ public static class Program
             Console.Error.WriteLine(command.Usage);
             return 2;
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or InvalidOperationException or NotSupportedException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or InvalidOperationException or NotSupportedException or UnauthorizedAccessException
+                                     or KeyNotFoundException or System.Runtime.InteropServices.ExternalException)
         {
             Console.Error.WriteLine($"smoa {command.Name}: error: {e.Message}");
             return 1;
