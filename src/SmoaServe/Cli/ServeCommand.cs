@@ -13,7 +13,7 @@ public sealed class ServeCommand : ICommand
           --model DIR               checkpoint directory (config.json, safetensors, tokenizer.json)
           --served-model-name NAME  id of the base model in the API (default: the directory's name)
           --urls URL                listen address(es), ';'-separated (default ASPNETCORE_URLS, else http://127.0.0.1:8000)
-          --data DIR                data directory (per-tenant state, later)
+          --data DIR                data directory: SMoA layout cache (default ./data)
           --device cpu|cuda         (default cpu)
           --dtype float32|bfloat16|float16   compute dtype (default: float32 on CPU, bfloat16 on CUDA)
           --adapter NAME=DIR        preload an adapter (repeatable)

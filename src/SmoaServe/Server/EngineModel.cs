@@ -32,9 +32,12 @@ public static class EngineModel
             Tokenizer = tokenizer,
             ChatTemplate = ChatTemplates.Load(dir),
             EosTokenIds = eos,
-            CreateBackend = () => new EngineBackend(dir, loadOptions, options.MaxRunning, maxLen),
+            CreateBackend = () => new EngineBackend(dir, loadOptions, options.MaxRunning, maxLen, DataDirectory(options)),
         };
     }
+
+    /// <summary>Where SMoA layouts are cached (one SVD per layer × module × K, reused across restarts): --data, else ./data.</summary>
+    public static string DataDirectory(SmoaOptions options) => Path.GetFullPath(options.Data ?? "data");
 }
 
 /// <summary>LlamaModel + AdapterRegistry + ModelRunner; created, used and disposed on the model thread.</summary>
@@ -44,12 +47,13 @@ internal sealed class EngineBackend : IModelBackend
     private readonly AdapterRegistry _registry;
     private readonly ModelRunner _runner;
 
-    public EngineBackend(string dir, ModelLoadOptions loadOptions, int slots, int maxLen)
+    public EngineBackend(string dir, ModelLoadOptions loadOptions, int slots, int maxLen, string dataDirectory)
     {
         _model = LlamaModel.Load(dir, loadOptions);
         try
         {
-            _registry = new AdapterRegistry(BaseModelView.From(_model));
+            var view = BaseModelView.From(_model);
+            _registry = new AdapterRegistry(view, new Engine.Adapters.Smoa.LayoutStore(view, dataDirectory));
             _runner = new ModelRunner(_model, slots, maxLen, _registry);
         }
         catch
@@ -64,8 +68,7 @@ internal sealed class EngineBackend : IModelBackend
 
     public void LoadAdapter(string name, string directory)
     {
-        _registry.Remove(name);
-        _registry.Load(name, directory);
+        _registry.Load(name, directory, replace: true);   // atomic: a bad new version leaves the old one serving
     }
 
     public bool RemoveAdapter(string name) => _registry.Remove(name);

@@ -14,7 +14,7 @@ public sealed class SmoaOptions
     public string? ServedModelName { get; set; }
     /// <summary>Listen address(es), ';'-separated; unset = ASPNETCORE_URLS / URLS, else http://127.0.0.1:8000.</summary>
     public string? Urls { get; set; }
-    /// <summary>Data directory (tenants, uploads: later issues).</summary>
+    /// <summary>Data directory: the SMoA layout cache (layouts/&lt;base fingerprint&gt;/); default ./data.</summary>
     public string? Data { get; set; }
     public string Device { get; set; } = "cpu";
     /// <summary>float32 / bfloat16 / float16; null = the runner's default.</summary>
