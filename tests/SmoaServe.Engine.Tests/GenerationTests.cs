@@ -48,6 +48,29 @@ public sealed class SamplerTests
     }
 
     [Fact]
+    public void Large_vocabulary_filters_keep_exactly_the_brute_force_sets()
+    {
+        // 20k logits with many ties: the partial selection must keep the same sets a full sort defines
+        var rng = new Random(5);
+        var logits = Enumerable.Range(0, 20_000).Select(_ => (float)Math.Round(rng.NextDouble() * 20, 1)).ToArray();
+        var sorted = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
+
+        float kth = logits[sorted[9]];
+        var topK = Enumerable.Range(0, logits.Length).Where(i => logits[i] >= kth).ToHashSet();   // the 10 best + ties
+        var k = new Sampler(new SamplingOptions(50.0, TopK: 10, Seed: 2));
+        Assert.Subset(topK, Enumerable.Range(0, 1000).Select(_ => k.Sample(logits)).ToHashSet());
+
+        double max = logits.Max(), z = logits.Sum(l => Math.Exp(l - max)), mass = 0;
+        int keep = 0;
+        while (mass < 0.5 * z) mass += Math.Exp(logits[sorted[keep++]] - max);
+        var topP = sorted[..keep].ToHashSet();
+        var p = new Sampler(new SamplingOptions(1.0, TopP: 0.5, Seed: 4));
+        var seen = Enumerable.Range(0, 1000).Select(_ => p.Sample(logits)).ToHashSet();
+        Assert.Subset(topP, seen);
+        Assert.True(seen.Count > topP.Count / 2, $"sampled {seen.Count} distinct of the {topP.Count} kept");
+    }
+
+    [Fact]
     public void Invalid_options_are_rejected()
     {
         Assert.Throws<ArgumentException>(() => new Sampler(new SamplingOptions(-1)));

@@ -34,14 +34,32 @@ public sealed class Sampler
         if (logits.Length == 0) throw new ArgumentException("empty logits");
         if (_options.IsGreedy) return ArgMax(logits);
 
-        var candidates = Candidates(logits);                 // (id, logit / T), best first
-        candidates = TopK(candidates, _options.TopK);
-        var probs = Softmax(candidates);
-        int keep = TopPCount(probs, _options.TopP);
-        return Draw(candidates, probs, keep);
+        var scaled = new double[logits.Length];                      // logit / T
+        for (int i = 0; i < scaled.Length; i++) scaled[i] = logits[i] / _options.Temperature;
+        // top-k: the k best, best first (ties at the boundary survive, as in HF); null = the whole vocabulary
+        int[]? pool = _options.TopK > 0 && _options.TopK < scaled.Length ? Best(scaled, _options.TopK) : null;
+        double max = pool is null ? scaled.Max() : scaled[pool[0]];
+        if (_options.TopP >= 1)
+            return pool is null ? Draw(scaled, max) : Draw(scaled, max, pool, pool.Length);
+
+        // top-p: the smallest best-first prefix of the pool whose share of the pool's mass reaches p. Only as many
+        // candidates as that needs are sorted (a 128k vocabulary is never sorted whole for one token).
+        double poolMass = 0;
+        if (pool is null) foreach (double l in scaled) poolMass += Weight(l, max);
+        else foreach (int id in pool) poolMass += Weight(scaled[id], max);
+        for (int n = Math.Min(64, scaled.Length); ; n = Math.Min(n * 8, scaled.Length))
+        {
+            var best = pool ?? Best(scaled, n);
+            double mass = 0;
+            for (int i = 0; i < best.Length; i++)
+            {
+                mass += Weight(scaled[best[i]], max);
+                if (mass >= _options.TopP * poolMass) return Draw(scaled, max, best, i + 1);
+            }
+            if (pool is not null || best.Length >= scaled.Length) return Draw(scaled, max, best, best.Length);
+        }
     }
 
-    /// <summary>First index of the maximum (torch.argmax's tie rule).</summary>
     public static int ArgMax(ReadOnlySpan<float> logits)
     {
         int best = 0;
@@ -49,54 +67,72 @@ public sealed class Sampler
         return best;
     }
 
-    private (int Id, double Logit)[] Candidates(ReadOnlySpan<float> logits)
+    /// <summary>exp(l − max): the unnormalised softmax weight.</summary>
+    private static double Weight(double logit, double max) => double.IsNegativeInfinity(logit) ? 0 : Math.Exp(logit - max);
+
+    /// <summary>
+    /// Ids of the n largest values, best first (ties by id), plus any further ids tied with the n-th: a quickselect for
+    /// the n-th value, then a sort of the few ids at or above it.
+    /// </summary>
+    private static int[] Best(double[] values, int n)
     {
-        var c = new (int, double)[logits.Length];
-        for (int i = 0; i < logits.Length; i++) c[i] = (i, logits[i] / _options.Temperature);
-        // descending by logit, ties by id (stable and deterministic)
-        Array.Sort(c, (a, b) => a.Item2 != b.Item2 ? b.Item2.CompareTo(a.Item2) : a.Item1.CompareTo(b.Item1));
-        return c;
+        double nth = n >= values.Length ? values.Min() : NthLargest((double[])values.Clone(), n);
+        var ids = new List<int>(n);
+        for (int i = 0; i < values.Length; i++) if (values[i] >= nth) ids.Add(i);
+        ids.Sort((a, b) => values[a] != values[b] ? values[b].CompareTo(values[a]) : a.CompareTo(b));
+        return ids.ToArray();
     }
 
-    private static (int Id, double Logit)[] TopK((int Id, double Logit)[] sorted, int k)
+    /// <summary>The n-th largest element (1-based) of <paramref name="a"/>, which it reorders (Hoare quickselect).</summary>
+    private static double NthLargest(double[] a, int n)
     {
-        if (k <= 0 || k >= sorted.Length) return sorted;
-        // HF keeps every token whose logit is ≥ the k-th largest (ties at the boundary survive)
-        double kth = sorted[k - 1].Logit;
-        int n = k;
-        while (n < sorted.Length && sorted[n].Logit >= kth) n++;
-        return sorted[..n];
+        int lo = 0, hi = a.Length - 1, target = n - 1;   // position target in descending order
+        while (lo < hi)
+        {
+            double pivot = a[(lo + hi) >>> 1];
+            int i = lo, j = hi;
+            while (i <= j)
+            {
+                while (a[i] > pivot) i++;
+                while (a[j] < pivot) j--;
+                if (i <= j) { (a[i], a[j]) = (a[j], a[i]); i++; j--; }
+            }
+            if (target <= j) hi = j;
+            else if (target >= i) lo = i;
+            else return a[target];
+        }
+        return a[target];
     }
 
-    private static double[] Softmax((int Id, double Logit)[] sorted)
-    {
-        double max = sorted[0].Logit, sum = 0;
-        var p = new double[sorted.Length];
-        for (int i = 0; i < p.Length; i++) sum += p[i] = double.IsNegativeInfinity(sorted[i].Logit) ? 0 : Math.Exp(sorted[i].Logit - max);
-        for (int i = 0; i < p.Length; i++) p[i] /= sum;
-        return p;
-    }
-
-    /// <summary>Smallest prefix (best first) whose probability mass reaches top_p; always at least one token.</summary>
-    private static int TopPCount(double[] probs, double topP)
-    {
-        if (topP >= 1) return probs.Length;
-        double before = 0;
-        int n = 0;
-        while (n < probs.Length && (n == 0 || before < topP)) before += probs[n++];
-        return n;
-    }
-
-    private int Draw((int Id, double Logit)[] sorted, double[] probs, int keep)
+    /// <summary>Samples from the first <paramref name="keep"/> candidates in proportion to their softmax weights.</summary>
+    private int Draw(double[] scaled, double max, int[] candidates, int keep)
     {
         double total = 0;
-        for (int i = 0; i < keep; i++) total += probs[i];
+        for (int i = 0; i < keep; i++) total += Weight(scaled[candidates[i]], max);
         double u = _random.NextDouble() * total;
         for (int i = 0; i < keep; i++)
         {
-            u -= probs[i];
-            if (u < 0) return sorted[i].Id;
+            u -= Weight(scaled[candidates[i]], max);
+            if (u < 0) return candidates[i];
         }
-        return sorted[keep - 1].Id;
+        return candidates[keep - 1];
+    }
+
+    /// <summary>Samples from the whole vocabulary (no filter), walking it in id order.</summary>
+    private int Draw(double[] scaled, double max)
+    {
+        double total = 0;
+        foreach (double l in scaled) total += Weight(l, max);
+        double u = _random.NextDouble() * total;
+        int last = 0;
+        for (int i = 0; i < scaled.Length; i++)
+        {
+            double w = Weight(scaled[i], max);
+            if (w == 0) continue;
+            last = i;
+            u -= w;
+            if (u < 0) return i;
+        }
+        return last;
     }
 }
