@@ -29,8 +29,9 @@ public sealed class ApiException(int status, string message, string type, string
 public sealed record ErrorBody(
     [property: JsonPropertyName("message")] string Message,
     [property: JsonPropertyName("type")] string Type,
-    [property: JsonPropertyName("param")] string? Param,
-    [property: JsonPropertyName("code")] string? Code);
+    // OpenAI always sends both keys, null when there is nothing to say
+    [property: JsonPropertyName("param"), JsonIgnore(Condition = JsonIgnoreCondition.Never)] string? Param,
+    [property: JsonPropertyName("code"), JsonIgnore(Condition = JsonIgnoreCondition.Never)] string? Code);
 
 public sealed record ErrorResponse([property: JsonPropertyName("error")] ErrorBody Error);
 
