@@ -7,11 +7,11 @@ S="bash $here/on-device.sh smoa.dll"
 R=$(pwd); A=$R/tests/fixtures/llama-a
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for dt in float32 bfloat16; do
-  timeout 40 $S score --model $A --input $A/expected_base.safetensors --output $OUT/base-$dt.safetensors --device cuda --dtype $dt 2>&1 | tail -1
+  timeout 40 $S score --model $A --input $A/expected_base.safetensors --output $OUT/base-$dt.safetensors --device cuda --dtype $dt 2>/dev/null | tail -1
   for ad in smoa-adapter smoa-adapter-layout lora-adapter; do
-    timeout 40 $S score --model $A --adapter $A/$ad --input $A/$ad/expected_logits.safetensors --output $OUT/$ad-$dt.safetensors --device cuda --dtype $dt 2>&1 | tail -1
+    timeout 40 $S score --model $A --adapter $A/$ad --input $A/$ad/expected_logits.safetensors --output $OUT/$ad-$dt.safetensors --device cuda --dtype $dt 2>/dev/null | tail -1
   done
-  echo "== greedy $dt"; timeout 40 $S generate --model $A --prompt-ids 879,707,320,187,193,403,262 --max-new-tokens 24 --json --device cuda --dtype $dt 2>&1 | tail -1
+  echo "== greedy $dt"; timeout 40 $S generate --model $A --prompt-ids 879,707,320,187,193,403,262 --max-new-tokens 24 --json --device cuda --dtype $dt 2>/dev/null | tail -1
 done
 python3 - <<'PY'
 import os
