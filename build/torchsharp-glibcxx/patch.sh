@@ -17,9 +17,14 @@ for tool in g++ gcc patchelf readelf; do
   command -v $tool >/dev/null || { echo "error: $tool is needed to patch $lib for this libstdc++ (apt-get install -y g++ patchelf)" >&2; exit 1; }
 done
 cache="$here/.cache"; mkdir -p "$cache"
-[ -x "$cache/weaken-verneed" ] || gcc -O2 -o "$cache/weaken-verneed" "$here/weaken-verneed.c"
-[ -f "$cache/$shim_name" ] || g++ -shared -fPIC -O2 -o "$cache/$shim_name" "$here/shim.cpp"
-tmp="$lib.patching"
+# parallel builds patch several output folders at once: build each helper under a private name, then rename (atomic)
+if [ ! -x "$cache/weaken-verneed" ]; then
+  gcc -O2 -o "$cache/weaken-verneed.$$" "$here/weaken-verneed.c" && mv -f "$cache/weaken-verneed.$$" "$cache/weaken-verneed"
+fi
+if [ ! -f "$cache/$shim_name" ]; then
+  g++ -shared -fPIC -O2 -o "$cache/$shim_name.$$" "$here/shim.cpp" && mv -f "$cache/$shim_name.$$" "$cache/$shim_name"
+fi
+tmp="$lib.patching.$$"
 cp "$lib" "$tmp"
 "$cache/weaken-verneed" "$tmp" GLIBCXX_3.4.32
 patchelf --clear-symbol-version _ZSt21ios_base_library_initv "$tmp"
