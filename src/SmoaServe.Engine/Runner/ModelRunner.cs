@@ -67,7 +67,7 @@ public sealed class ModelRunner : IModelRunner
         };
         var logits = _model.Forward(ids, state, lastTokenOnly: true);                                        // [1, 1, V]
         _lengths[slot] = startPosition + t;
-        return logits.reshape(-1).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+        return HostRows(logits.reshape(1, -1), 1)[0];
     }
 
     public float[][] Decode(IReadOnlyList<DecodeRow> rows)
@@ -103,12 +103,23 @@ public sealed class ModelRunner : IModelRunner
             Cache = _cache.ForDecode(slots, positions, length, ConsecutiveFirstSlot(rows)),
             Adapters = adapters,
         };
-        var logits = _model.Forward(ids, state).reshape(b, VocabSize).to_type(ScalarType.Float32).cpu(); // [B, V]
+        var logits = _model.Forward(ids, state).reshape(b, VocabSize);       // [B, V]
         foreach (var r in rows) _lengths[r.Slot] = r.Position + 1;
-        var flat = logits.data<float>().ToArray();
-        var result = new float[b][];
-        for (int i = 0; i < b; i++) result[i] = flat.AsSpan(i * VocabSize, VocabSize).ToArray();
-        return result;
+        return HostRows(logits, b);
+    }
+
+    /// <summary>
+    /// [B, V] logits as B float arrays on the host, copied straight from the tensor's memory
+    /// (TensorAccessor.ToArray walks element by element: ~100 ms for 64 × 128k logits, this ~15 ms).
+    /// </summary>
+    private static float[][] HostRows(Tensor logits, int b)
+    {
+        var host = logits.to_type(ScalarType.Float32).cpu().contiguous();   // freed by the caller's dispose scope
+        var all = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(host.bytes);
+        int v = all.Length / b;
+        var rows = new float[b][];
+        for (int i = 0; i < b; i++) rows[i] = all.Slice(i * v, v).ToArray();
+        return rows;
     }
 
     public void FreeSlot(int slot) => _lengths[CheckSlot(slot)] = 0;
