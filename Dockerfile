@@ -1,6 +1,7 @@
 # SmoaServe container image.
 #   CPU (default):  docker build -t smoaserve .
 #   CUDA:           docker build --build-arg TORCH_BACKEND=cuda -t smoaserve:cuda .
+#   Run:            docker run -p 8000:8000 -e SMOA_ADMIN_KEY=secret -v /path/to/llama:/models/base -v $PWD/adapters:/adapters smoaserve
 # The CUDA image builds against the managed TorchSharp package only (-p:SmoaTorchBackend=cuda) and runs on a PyTorch
 # CUDA runtime image, whose libtorch (libtorch_cuda.so, ...) TorchSharp binds to through LD_LIBRARY_PATH.
 ARG TORCH_BACKEND=cpu
