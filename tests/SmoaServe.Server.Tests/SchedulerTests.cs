@@ -125,6 +125,22 @@ public class SchedulerTests
     }
 
     [Fact]
+    public async Task Requests_that_a_free_slot_takes_do_not_count_against_the_queue_limit()
+    {
+        var runner = new FakeRunner(slots: 2) { PrefillGate = new SemaphoreSlim(0) };
+        using var s = Start(runner, new SchedulerOptions { MaxQueued = 0 });
+        var a = s.Submit(Greedy(Prompt(4), 2)); // idle scheduler, free slots: accepted even with no queue
+        var b = s.Submit(Greedy(Prompt(4, 1), 2));
+        Assert.True(runner.PrefillEntered.Wait(Timeout));
+        Assert.Throws<QueueFullException>(() => s.Submit(Greedy(Prompt(4, 2), 2))); // both slots taken, no queue
+        runner.PrefillGate.Release(100);
+        Assert.Equal(FinishReason.Length, (await Collect(a)).End.Finish);
+        Assert.Equal(FinishReason.Length, (await Collect(b)).End.Finish);
+        var c = s.Submit(Greedy(Prompt(4, 2), 2)); // the slots are free again
+        Assert.Equal(FinishReason.Length, (await Collect(c)).End.Finish);
+    }
+
+    [Fact]
     public async Task Chunked_prefill_interleaves_with_decode()
     {
         var runner = new FakeRunner { StepDelay = TimeSpan.FromMilliseconds(1) };

@@ -226,6 +226,8 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"max_tokens":1e30}""", "max_tokens")]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"seed":1e400}""", null)]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"top_k":-5}""", "top_k")]
+    [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"\ud83e"}]}""", "messages[0].content")]
+    [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":[{"type":"text","text":"\ud83e"}]}]}""", "messages[0].content.text")]
     public async Task Malformed_chat_requests_are_400(string json, string? param)
     {
         var (status, body, _) = await Post("/v1/chat/completions", json);
@@ -240,6 +242,9 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
     [InlineData("""{"model":"fake-base","prompt":["a","b"]}""")]
     [InlineData("""{"model":"fake-base","prompt":{"x":1}}""")]
     [InlineData("""{"model":"fake-base","prompt":"x","echo":true}""")]
+    [InlineData("""{"model":"fake-base","prompt":"\ud800"}""")] // a lone surrogate cannot be read as a string
+    [InlineData("""{"model":"fake-base","prompt":"x","stop":["\udc00"]}""")]
+    [InlineData("""{"model":"fake-\ud800","prompt":"x"}""")]
     public async Task Malformed_completion_requests_are_400(string json)
     {
         var (status, body, _) = await Post("/v1/completions", json);
@@ -318,6 +323,20 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
     }
 
     [Fact]
+    public async Task Request_metrics_count_errors_with_their_status()
+    {
+        var (status, _, _) = await Post("/v1/completions", """{"model":"fake-base","prompt":"x","max_tokens":-1}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        (status, _, _) = await Post("/v1/completions", """{"model":"fake-base","prompt":"x"}""", key: "wrong-key");
+        Assert.Equal(HttpStatusCode.Unauthorized, status);
+        using var anon = new HttpClient { BaseAddress = fx.Host.BaseAddress };
+        var lines = (await anon.GetStringAsync("/metrics")).Split('\n')
+            .Where(l => l.StartsWith("smoa_requests_total{") && l.Contains("endpoint=\"/v1/completions\"")).ToList();
+        Assert.Contains(lines, l => l.Contains("status=\"400\""));
+        Assert.Contains(lines, l => l.Contains("status=\"401\""));
+    }
+
+    [Fact]
     public async Task Client_disconnect_cancels_the_sequence_and_frees_its_slot()
     {
         int freedBefore = fx.Runner.Log.Count(l => l.StartsWith('F'));
@@ -359,6 +378,29 @@ public class ServerLimitTests
         runner.PrefillGate.Release(100);
         Assert.Equal(HttpStatusCode.OK, (await first).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await second).StatusCode);
+    }
+
+    [Fact]
+    public async Task Removing_an_adapter_under_a_running_request_answers_404()
+    {
+        var runner = new FakeRunner(slots: 2) { StepDelay = TimeSpan.FromMilliseconds(5) };
+        string dir = Path.Combine(Path.GetTempPath(), "smoa-removed-adapter-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "adapter_config.json"), "{}");
+        try
+        {
+            await using var host = await TestHost.StartAsync(FakeBackend.Spec(runner), o => o.Adapters["short-lived"] = dir);
+            var pending = host.Http.PostAsync("/v1/completions",
+                new StringContent("""{"model":"short-lived","prompt":"abc","max_tokens":200}""", Encoding.UTF8, "application/json"));
+            Assert.True(runner.PrefillEntered.Wait(TimeSpan.FromSeconds(20)));
+            Assert.True(await host.Model.RemoveAdapterAsync("short-lived"));
+            var resp = await pending;
+            Assert.Equal(HttpStatusCode.NotFound, resp.StatusCode);
+            var error = JsonNode.Parse(await resp.Content.ReadAsStringAsync())!["error"]!;
+            Assert.Equal("model_not_found", (string?)error["code"]);
+            Assert.Equal("model", (string?)error["param"]);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Fact]

@@ -26,6 +26,7 @@ public sealed class Scheduler : IDisposable
     private IModelRunner? _runner;
     private volatile bool _stopping;
     private bool _closed; // no more submissions or work items; set under both locks
+    private int _freeSlotCount; // mirrors _freeSlots.Count for Submit; decremented under _waiting when a request is taken
     private int _maxRunning;
 
     public Scheduler(Func<IModelRunner> createRunner, SchedulerOptions options, ISchedulerMetrics? metrics = null)
@@ -68,7 +69,8 @@ public sealed class Scheduler : IDisposable
         lock (_waiting)
         {
             string? refusal = _closed ? "the scheduler is shutting down" : null;
-            if (refusal is not null || _waiting.Count >= _options.MaxQueued)
+            // requests that a free slot will take at the next step are not waiting for one
+            if (refusal is not null || _waiting.Count >= _options.MaxQueued + Volatile.Read(ref _freeSlotCount))
             {
                 seq.Registration.Dispose();
                 throw refusal is not null ? new InvalidOperationException(refusal) : new QueueFullException(_options.MaxQueued);
@@ -155,6 +157,7 @@ public sealed class Scheduler : IDisposable
             _maxRunning = Math.Min(_options.MaxRunning ?? _runner.SlotCount, _runner.SlotCount);
             if (_maxRunning < 1) throw new InvalidOperationException($"the runner has {_runner.SlotCount} KV slots");
             for (int s = _maxRunning - 1; s >= 0; s--) _freeSlots.Push(s);
+            Volatile.Write(ref _freeSlotCount, _maxRunning);
             _ready.SetResult();
             return true;
         }
@@ -219,9 +222,11 @@ public sealed class Scheduler : IDisposable
                 if (_waiting.First is null) return;
                 seq = _waiting.First.Value;
                 _waiting.RemoveFirst();
+                Interlocked.Decrement(ref _freeSlotCount);
             }
             if (!_runner!.HasAdapter(seq.Request.AdapterId))
             {
+                Interlocked.Increment(ref _freeSlotCount);
                 End(seq, FinishReason.Error, $"adapter '{seq.Request.AdapterId}' is not loaded");
                 continue;
             }
@@ -340,6 +345,7 @@ public sealed class Scheduler : IDisposable
         try { _runner!.FreeSlot(seq.Slot); }
         catch (Exception e) { error ??= "freeing the KV slot failed: " + e.Message; }
         _freeSlots.Push(seq.Slot);
+        Interlocked.Increment(ref _freeSlotCount);
         End(seq, reason, error);
     }
 

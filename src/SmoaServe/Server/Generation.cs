@@ -72,6 +72,8 @@ public static class Generation
                 FinishReason.Stop or FinishReason.Length => "stop",
                 FinishReason.Cancelled when ct.IsCancellationRequested => throw new OperationCanceledException(ct),
                 FinishReason.Cancelled => throw ApiException.Unavailable("The server is shutting down; the request was cancelled."),
+                // the adapter was removed while the request waited or ran: the model no longer exists
+                FinishReason.Error when job.AdapterId is not null && !model.TryGetAdapter(job.AdapterId, out _) => throw ApiException.ModelNotFound(job.Model),
                 _ => throw new ApiException(500, "Generation failed: " + output.Error, "server_error"),
             };
             return new GenerationResult(finish, output.PromptTokens, output.CompletionTokens, Stopwatch.GetElapsedTime(started));

@@ -114,13 +114,13 @@ public static class RequestParser
         switch (f.Get("stop"))
         {
             case null: return [];
-            case { ValueKind: JsonValueKind.String } s: return s.GetString() is { Length: > 0 } one ? [one] : [];
+            case { ValueKind: JsonValueKind.String } s: return StringOf(s, "stop") is { Length: > 0 } one ? [one] : [];
             case { ValueKind: JsonValueKind.Array } a:
                 var list = new List<string>();
                 foreach (var item in a.EnumerateArray())
                 {
                     if (item.ValueKind != JsonValueKind.String) throw ApiException.BadRequest("'stop' must be a string or a list of strings.", "stop");
-                    if (item.GetString() is { Length: > 0 } s) list.Add(s);
+                    if (StringOf(item, "stop") is { Length: > 0 } s) list.Add(s);
                 }
                 if (list.Count > 16) throw ApiException.BadRequest("'stop' may hold at most 16 strings.", "stop");
                 return list;
@@ -132,14 +132,14 @@ public static class RequestParser
     private static (string? Text, IReadOnlyList<int>? Ids) ParsePrompt(Fields f)
     {
         var p = f.Get("prompt") ?? throw ApiException.BadRequest("'prompt' is required.", "prompt");
-        if (p.ValueKind == JsonValueKind.String) return (p.GetString()!, null);
+        if (p.ValueKind == JsonValueKind.String) return (StringOf(p, "prompt"), null);
         if (p.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("'prompt' must be a string or a list of token ids.", "prompt");
         int count = p.GetArrayLength();
         if (count > 0 && p[0].ValueKind is JsonValueKind.String or JsonValueKind.Array)
         {
             if (count != 1) throw ApiException.BadRequest("Only one prompt per request is supported.", "prompt");
             var inner = p[0];
-            return inner.ValueKind == JsonValueKind.String ? (inner.GetString()!, null) : (null, ParseIds(inner, "prompt"));
+            return inner.ValueKind == JsonValueKind.String ? (StringOf(inner, "prompt"), null) : (null, ParseIds(inner, "prompt"));
         }
         return (null, ParseIds(p, "prompt"));
     }
@@ -180,7 +180,7 @@ public static class RequestParser
         switch (content)
         {
             case null: return "";
-            case { ValueKind: JsonValueKind.String } s: return s.GetString()!;
+            case { ValueKind: JsonValueKind.String } s: return StringOf(s, path);
             case { ValueKind: JsonValueKind.Array } parts:
                 var text = new System.Text.StringBuilder();
                 foreach (var part in parts.EnumerateArray())
@@ -194,6 +194,13 @@ public static class RequestParser
                 return text.ToString();
             default: throw ApiException.BadRequest($"'{path}' must be a string or a list of content parts.", path);
         }
+    }
+
+    /// <summary>A JSON string as .NET text; a lone surrogate escape (e.g. "\ud800") cannot be read and is a 400, not a 500.</summary>
+    private static string StringOf(JsonElement value, string param)
+    {
+        try { return value.GetString()!; }
+        catch (InvalidOperationException) { throw ApiException.BadRequest($"'{param}' is not valid UTF-16 text (a lone surrogate escape).", param); }
     }
 
     /// <summary>Typed access to the fields of one JSON object; <paramref name="prefix"/> names nested objects in errors.</summary>
@@ -210,7 +217,7 @@ public static class RequestParser
         public string? OptionalString(string name) => Get(name) switch
         {
             null => null,
-            { ValueKind: JsonValueKind.String } v => v.GetString(),
+            { ValueKind: JsonValueKind.String } v => StringOf(v, prefix + name),
             _ => throw Wrong(name, "a string"),
         };
 

@@ -54,15 +54,16 @@ public static class SmoaServer
 
         var app = builder.Build();
         app.UseSerilogRequestLogging(o => o.EnrichDiagnosticContext = (diag, http) => diag.Set("RequestId", http.TraceIdentifier));
-        app.UseMiddleware<ApiErrorMiddleware>();
-        app.UseStatusCodePages(context => ApiErrorWriter.WriteAsync(context.HttpContext, new ApiException(context.HttpContext.Response.StatusCode,
-            $"No route {context.HttpContext.Request.Method} {context.HttpContext.Request.Path} ({context.HttpContext.Response.StatusCode}).",
-            "invalid_request_error", null, "not_found")));
+        // outside the error middleware, so that errors are counted with the status they were answered with
         app.Use(async (http, next) =>
         {
             try { await next(http); }
             finally { metrics.OnRequest((http.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? "unmatched", http.Response.StatusCode); }
         });
+        app.UseMiddleware<ApiErrorMiddleware>();
+        app.UseStatusCodePages(context => ApiErrorWriter.WriteAsync(context.HttpContext, new ApiException(context.HttpContext.Response.StatusCode,
+            $"No route {context.HttpContext.Request.Method} {context.HttpContext.Request.Path} ({context.HttpContext.Response.StatusCode}).",
+            "invalid_request_error", null, "not_found")));
         app.MapOpenApi();
         app.MapMetrics("/metrics", metrics.Registry);
         Endpoints.Map(app, keys);
