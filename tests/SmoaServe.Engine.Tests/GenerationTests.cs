@@ -70,6 +70,26 @@ public sealed class SamplerTests
         Assert.True(seen.Count > topP.Count / 2, $"sampled {seen.Count} distinct of the {topP.Count} kept");
     }
 
+    [Theory]
+    [InlineData(0, 0.9)]
+    [InlineData(2, 1.0)]
+    [InlineData(0, 1.0)]
+    public void Nan_logits_never_hang_and_never_pick_a_nan(int topK, double topP)
+    {
+        float[] allNan = [float.NaN, float.NaN, float.NaN];
+        float[] someNan = [float.NaN, 1f, float.NaN, 2f];
+        var task = Task.Run(() =>
+        {
+            var s = new Sampler(new SamplingOptions(1.0, TopK: topK, TopP: topP, Seed: 1));
+            var picks = Enumerable.Range(0, 50).Select(_ => s.Sample(someNan)).ToHashSet();
+            int any = s.Sample(allNan);
+            return (picks, any);
+        });
+        Assert.True(task.Wait(TimeSpan.FromSeconds(10)), "sampling NaN logits did not return");
+        Assert.Subset(new HashSet<int> { 1, 3 }, task.Result.picks);
+        Assert.InRange(task.Result.any, 0, 2);
+    }
+
     [Fact]
     public void Invalid_options_are_rejected()
     {

@@ -34,8 +34,8 @@ public sealed class Sampler
         if (logits.Length == 0) throw new ArgumentException("empty logits");
         if (_options.IsGreedy) return ArgMax(logits);
 
-        var scaled = new double[logits.Length];                      // logit / T
-        for (int i = 0; i < scaled.Length; i++) scaled[i] = logits[i] / _options.Temperature;
+        var scaled = new double[logits.Length];                      // logit / T; NaN (a broken adapter) counts as −∞
+        for (int i = 0; i < scaled.Length; i++) scaled[i] = float.IsNaN(logits[i]) ? double.NegativeInfinity : logits[i] / _options.Temperature;
         // top-k: the k best, best first (ties at the boundary survive, as in HF); null = the whole vocabulary
         int[]? pool = _options.TopK > 0 && _options.TopK < scaled.Length ? Best(scaled, _options.TopK) : null;
         double max = pool is null ? scaled.Max() : scaled[pool[0]];
