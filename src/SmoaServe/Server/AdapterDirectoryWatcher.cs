@@ -99,8 +99,11 @@ public sealed class AdapterDirectoryWatcher(ServingModel model, IOptions<SmoaOpt
                     .Select(f => $"{f.Name}:{f.Length}:{f.LastWriteTimeUtc.Ticks}");
                 result[dir.Name] = string.Join("|", parts);
             }
-            catch (IOException) { } // vanished or unreadable mid-scan: next poll
-            catch (UnauthorizedAccessException) { }
+            // unreadable mid-scan: keep what we knew (a transient error must not unload a serving adapter)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                if (dir.Exists && _seen.TryGetValue(dir.Name, out var previous)) result[dir.Name] = previous;
+            }
         }
         return result;
     }
