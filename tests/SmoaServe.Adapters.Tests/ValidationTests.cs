@@ -126,6 +126,8 @@ public class ValidationTests
     {
         AssertRejected(EditedCopy("smoa-adapter", _ => { }, """{"peft_type": "SMOA", "r": 8, "num_blocks": 2, "branch_ranks": [5, 4], "lora_alpha": 16, "target_modules": ["v_proj", "o_proj", "gate_proj", "down_proj"]}"""), "branch_ranks", "sum to r");
         AssertRejected(EditedCopy("smoa-adapter", _ => { }, """{"peft_type": "SMOA", "r": 8, "num_blocks": 100000, "lora_alpha": 16, "target_modules": ["v_proj"]}"""), "num_blocks");
+        // 64 blocks padded to rank 8 each would cost 512 ranks of device memory for an r = 8 adapter
+        AssertRejected(EditedCopy("smoa-adapter", _ => { }, "{\"peft_type\": \"SMOA\", \"r\": 8, \"num_blocks\": 64, \"branch_ranks\": [8" + string.Concat(Enumerable.Repeat(", 0", 63)) + "], \"lora_alpha\": 16, \"target_modules\": [\"v_proj\"]}"), "too uneven");
         AssertRejected(EditedCopy("lora-adapter", _ => { }, """{"peft_type": "LORA", "r": 100000000, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "gate_proj"]}"""), "r = 100000000");
         AssertRejected(EditedCopy("lora-adapter", _ => { }, """{"peft_type": "IA3", "target_modules": ["q_proj"]}"""), "IA3");
         AssertRejected(EditedCopy("lora-adapter", _ => { }, """{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "gate_proj"], "use_dora": true}"""), "use_dora");

@@ -76,6 +76,8 @@ public sealed class ModelConfigTests
             ModelConfig.Parse("{" + Base + """, "rope_scaling": {"rope_type": "yarn", "factor": 4.0} }""")).Message);
         Assert.Contains("num_key_value_heads", Assert.Throws<InvalidDataException>(() =>
             ModelConfig.Parse("{" + Base.Replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 5") + "}")).Message);
+        Assert.Contains("head_dim", Assert.Throws<InvalidDataException>(() => // 65537 * 65536 wraps to 65536 in int
+            ModelConfig.Parse("{" + Base.Replace("\"num_attention_heads\": 32, \"num_key_value_heads\": 8", "\"num_attention_heads\": 65537, \"num_key_value_heads\": 65537") + ", \"head_dim\": 65536 }")).Message);
         Assert.Contains("hidden_size", Assert.Throws<InvalidDataException>(() =>
             ModelConfig.Parse("{" + Base.Replace("\"hidden_size\": 4096", "\"hidden_size\": \"big\"") + "}")).Message);
     }

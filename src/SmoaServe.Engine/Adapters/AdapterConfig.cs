@@ -73,6 +73,10 @@ public sealed record AdapterConfig(
             ranks = br.EnumerateArray().Select(e => e.TryGetInt32(out int v) && v >= 0 && v <= MaxRank ? v
                 : throw new InvalidDataException($"{source}: branch_ranks holds '{e}', expected integers in [0, {MaxRank}]")).ToArray();
             if (ranks.Sum() != r) throw new InvalidDataException($"{source}: branch_ranks [{string.Join(", ", ranks)}] must sum to r = {r}");
+            // served blocks are padded to the largest rank: a lopsided split would cost K·max(r_k) instead of r on the device
+            long padded = (long)k * ranks.Max();
+            if (padded > Math.Max(4L * r, r + k))
+                throw new InvalidDataException($"{source}: branch_ranks [{string.Join(", ", ranks)}] are too uneven to serve (num_blocks × largest rank = {padded} > {Math.Max(4L * r, r + k)})");
         }
         return new(kind, r, k, ranks, alpha, false, targets);
     }

@@ -140,6 +140,9 @@ public sealed record ModelConfig
         Positive("num_key_value_heads", NumKvHeads);
         Positive("head_dim", HeadDim);
         Positive("vocab_size", VocabSize);
+        // LlamaModel computes projection shapes such as num_attention_heads * head_dim in int: they must not wrap.
+        if ((long)(NumHeads + 2L * NumKvHeads) * HeadDim > int.MaxValue)
+            throw new InvalidDataException($"{source}: (num_attention_heads + 2 * num_key_value_heads) * head_dim = {(NumHeads + 2L * NumKvHeads) * HeadDim} is too large");
         if (HeadDim % 2 != 0) throw new InvalidDataException($"{source}: head_dim must be even for RoPE (got {HeadDim})");
         if (NumHeads % NumKvHeads != 0)
             throw new InvalidDataException($"{source}: num_attention_heads ({NumHeads}) is not a multiple of num_key_value_heads ({NumKvHeads})");

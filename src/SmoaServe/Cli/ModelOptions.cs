@@ -22,9 +22,14 @@ public static class ModelOptions
     /// </summary>
     public static Func<LlamaModel, string, (IAdapterSource Source, string AdapterId)>? AdapterSourceFactory { get; set; }
 
+    public const int MaxThreads = 1024;
+
     public static ModelLoadOptions LoadOptions(CliArgs args)
     {
-        TorchRuntime.ConfigureThreads(args.GetInt("threads", 0));
+        int threads = args.GetInt("threads", 0);
+        // libgomp aborts the process when it cannot create the threads it was told to use: bound the count first.
+        if (threads < 0 || threads > MaxThreads) throw new UsageException($"--threads must be between 1 and {MaxThreads} (got {threads})");
+        TorchRuntime.ConfigureThreads(threads);
         Device device;
         try { device = TorchRuntime.ResolveDevice(args.Get("device") ?? "cpu"); }
         catch (ArgumentException e) { throw new UsageException("--device: " + e.Message); }

@@ -38,8 +38,9 @@ public sealed partial class ScoreCommand : ICommand
         var sequences = inputFile.Names
             .Select(n => (Name: n, Match: IdsName().Match(n)))
             .Where(x => x.Match.Success)
-            .OrderBy(x => long.Parse(x.Match.Groups[1].Value))
             .Select(x => (x.Name, Index: x.Match.Groups[1].Value))
+            .OrderBy(x => x.Index.TrimStart('0').Length).ThenBy(x => x.Index.TrimStart('0'), StringComparer.Ordinal) // numeric order, any length (long.Parse overflowed)
+            .ThenBy(x => x.Index, StringComparer.Ordinal)
             .ToList();
         if (sequences.Count == 0) throw new InvalidDataException($"{input}: no ids_N tensors");
 

@@ -45,6 +45,37 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Score_accepts_sequence_numbers_beyond_long()
+    {
+        string dir = TempDir();
+        string input = Path.Combine(dir, "in.safetensors"), output = Path.Combine(dir, "out.safetensors");
+        using (var ids = torch.tensor(new long[] { 1, 2, 3 }))
+        using (var ids2 = torch.tensor(new long[] { 4, 5 }))
+            SafeTensorsWriter.Write(input, [("ids_99999999999999999999", ids), ("ids_7", ids2)]);
+        var (code, _, err) = Run("score", "--model", LlamaA, "--input", input, "--output", output);
+        Assert.True(code == 0, err);
+        using var actual = SafeTensorsFile.Open(output);
+        Assert.Equal(["logits_7", "logits_99999999999999999999"], actual.Names);
+        Assert.Equal(3, actual.Info("logits_99999999999999999999").Shape[0]);
+        Assert.Equal(2, actual.Info("logits_7").Shape[0]);
+    }
+
+    [Fact]
+    public void Threads_option_is_bounded_before_it_reaches_libtorch()
+    {
+        int before = torch.get_num_threads();
+        try
+        {
+            var (code, _, stderr) = Run("generate", "--model", Path.Combine(TempDir(), "missing"), "--threads", "100000",
+                "--prompt-ids", "1", "--max-new-tokens", "1");
+            Assert.Equal(2, code);
+            Assert.Contains("--threads", stderr);
+            Assert.Equal(before, torch.get_num_threads());
+        }
+        finally { torch.set_num_threads(before); }
+    }
+
+    [Fact]
     public void Generate_json_last_line_has_the_greedy_continuation()
     {
         using var expected = SafeTensorsFile.Open(ExpectedBase);
