@@ -20,19 +20,44 @@ public class CliTests
         finally { Console.SetOut(previous); }
     }
 
-    [Fact]
-    public void BenchDecodePrintsJsonLastLine()
+    [Theory]
+    [InlineData("anchored")]
+    [InlineData("folded")]
+    public void BenchDecodePrintsJsonLastLine(string form)
     {
         var (code, output) = Smoa("bench", "decode", "--synthetic", "hidden=64,layers=2,heads=4,kv_heads=2,ffn=96,vocab=128",
             "--adapter-kind", "smoa", "--r", "4", "--num-blocks", "2", "--target-modules", "q_proj,v_proj,down_proj",
-            "--adapters", "3", "--batch", "4", "--steps", "3", "--rounds", "1", "--prompt-len", "4", "--warmup", "1", "--json");
+            "--adapters", "3", "--batch", "4", "--steps", "3", "--rounds", "1", "--prompt-len", "4", "--warmup", "1", "--json",
+            "--smoa-form", form);
         Assert.Equal(0, code);
         var last = output.TrimEnd().Split('\n')[^1];
         using var json = JsonDocument.Parse(last);
+        Assert.Equal(form, json.RootElement.GetProperty("smoa_form").GetString());
+        // the folded form keeps no anchor copies of the base weights
+        Assert.Equal(form == "folded", json.RootElement.GetProperty("anchor_bytes_shared").GetInt64() == 0);
         foreach (var key in new[] { "base_tokens_per_s", "mixed_tokens_per_s", "swap_tokens_per_s", "adapter_bytes" })
             Assert.True(json.RootElement.GetProperty(key).GetDouble() > 0, key);
         // 2 layers × (q 64×64, v 32×64, down 64×96) with r = 4, K = 2: Σ r_k (|R_k| + |C_k|) = 4 (m + n) / 2 per module
         Assert.Equal(2 * 2 * ((64 + 64) + (32 + 64) + (64 + 96)), json.RootElement.GetProperty("adapter_parameters").GetInt64());
+    }
+
+    [Fact]
+    public void ScoreWithFoldedFormMatchesReference()
+    {
+        string dir = TestModels.TempDir();
+        string adapter = TestModels.AdapterDir("smoa-adapter-layout");
+        string input = Path.Combine(adapter, "expected_logits.safetensors");
+        Assert.Equal(0, Smoa("score", "--model", FixturePaths.LlamaA, "--adapter", adapter, "--smoa-form", "folded", "--input", input, "--output", Path.Combine(dir, "f.safetensors")).Code);
+        using var expected = SafeTensorsFile.Open(input);
+        using var folded = SafeTensorsFile.Open(Path.Combine(dir, "f.safetensors"));
+        for (int i = 0; i < 3; i++)
+        {
+            using var e = expected.ReadTensor($"logits_{i}");
+            using var f = folded.ReadTensor($"logits_{i}");
+            Assert.True(TestModels.MaxAbsDiff(f, e) <= TestModels.AdapterTolerance, $"score --smoa-form folded, sequence {i}");
+        }
+        Assert.NotEqual(0, Smoa("score", "--model", FixturePaths.LlamaA, "--adapter", adapter, "--smoa-form", "dense", "--input", input, "--output", Path.Combine(dir, "x.safetensors")).Code);
+        Directory.Delete(dir, true);
     }
 
     [Fact]

@@ -56,39 +56,46 @@ public class DenseReferenceTests
     private static Tensor FromArray(float[,] a) => tensor(a.Cast<float>().ToArray(), [a.GetLength(0), a.GetLength(1)]);
 
     /// <summary>
-    /// Applies the registry's batch for one adapter to x and compares with x (W + ΔW)ᵀ, with one token per row (the
-    /// decode form: shared-anchor GEMM) and with 6 tokens per row (the prefill form: transient blocks).
+    /// Applies the registry's batch for one adapter to the fused GEMM output of p's projection group and compares p's
+    /// columns with x (W + ΔW)ᵀ, with one token per row (the decode form: shared-anchor GEMM, or the folded GEMM with the
+    /// whole group weight) and with 6 tokens per row (the prefill form: transient blocks or transient ΔW).
     /// </summary>
     private static void AssertModuleMatches(AdapterRegistry registry, string name, int layer, Projection p, float[,] delta)
     {
         var model = TestModels.LlamaA;
         var w = model.ProjectionWeight(layer, p);
+        var (group, part) = ProjectionGroups.Of(p);
+        var groupWeight = model.GroupWeight(layer, group);
+        long offset = ProjectionGroups.Parts(group).Take(part).Sum(q => model.ProjectionWeight(layer, q).shape[0]);
         using var d = FromArray(delta);
         foreach (int tokens in new[] { 1, 6 })
         {
             using var gen = new Generator(7);
             using var x = randn([3, tokens, w.shape[1]], generator: gen);            // [B, T, in]
             var batch = registry.CreateBatch([name, name, name])!;
-            using var y0 = nn.functional.linear(x, w);
-            using var y = batch.Apply(layer, p, x, y0);
+            using var y0 = nn.functional.linear(x, groupWeight);                     // [B, T, Σout]
+            using var y = batch.Apply(layer, group, x, y0);
             using var expected = nn.functional.linear(x, w + d);
-            double diff = TestModels.MaxAbsDiff(y, expected);
-            Assert.True(diff < 1e-4, $"{name} layer {layer} {p}, T = {tokens}: max |Δ| = {diff:g3}");
+            double diff = TestModels.MaxAbsDiff(y.narrow(-1, offset, w.shape[0]), expected);
+            Assert.True(diff < 1e-4, $"{name} layer {layer} {p}, T = {tokens}, {registry.Options.SmoaForm}: max |Δ| = {diff:g3}");
         }
     }
 
     [Theory]
-    [InlineData(1, 8, null)]          // K = 1: HiRA, ΔW = (α/r)(B A) ⊙ W
-    [InlineData(3, 7, "4,0,3")]       // uneven branch_ranks with an empty block
-    [InlineData(2, 8, null)]
-    public void SmoaMatchesSpecFormula(int k, int r, string? branchRanks)
+    [InlineData(1, 8, null, SmoaForm.Anchored)]          // K = 1: HiRA, ΔW = (α/r)(B A) ⊙ W
+    [InlineData(3, 7, "4,0,3", SmoaForm.Anchored)]       // uneven branch_ranks with an empty block
+    [InlineData(2, 8, null, SmoaForm.Anchored)]
+    [InlineData(1, 8, null, SmoaForm.Folded)]
+    [InlineData(3, 7, "4,0,3", SmoaForm.Folded)]
+    [InlineData(2, 8, null, SmoaForm.Folded)]
+    public void SmoaMatchesSpecFormula(int k, int r, string? branchRanks, SmoaForm form)
     {
         var view = BaseModelView.From(TestModels.LlamaA);
         int[]? ranks = branchRanks?.Split(',').Select(int.Parse).ToArray();
         var config = AdapterConfig.Smoa(r, k, 12.0, [Projection.Q, Projection.Down, Projection.V], ranks);
         // Stored random layouts: the formula, not the SVD, is under test here (the SVD layout is checked by the fixtures).
         using var adapter = RandomAdapters.Smoa(view, config, seed: 11, (l, p) => { var (m, n) = view.Shape(l, p); return RandomAdapters.RandomLayout(m, n, k, 100 * l + (int)p); });
-        using var registry = new AdapterRegistry(view);
+        using var registry = new AdapterRegistry(view, options: new AdapterRegistryOptions { SmoaForm = form });
         registry.Add("s", adapter);
         Assert.Equal(0, registry.Layouts.SvdCount);
         foreach (var ((layer, p), f) in adapter.Modules)

@@ -7,13 +7,15 @@ namespace SmoaServe.Adapters.Tests;
 public class FixtureScoreTests
 {
     [Theory]
-    [InlineData("smoa-adapter")]
-    [InlineData("smoa-adapter-layout")]
-    [InlineData("lora-adapter")]
-    public void ScoreWithAdapterMatchesReference(string adapter)
+    [InlineData("smoa-adapter", SmoaForm.Anchored)]
+    [InlineData("smoa-adapter-layout", SmoaForm.Anchored)]
+    [InlineData("lora-adapter", SmoaForm.Anchored)]
+    [InlineData("smoa-adapter", SmoaForm.Folded)]
+    [InlineData("smoa-adapter-layout", SmoaForm.Folded)]
+    public void ScoreWithAdapterMatchesReference(string adapter, SmoaForm form)
     {
         var model = TestModels.LlamaA;
-        using var registry = new AdapterRegistry(BaseModelView.From(model));
+        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = form });
         registry.Load(adapter, TestModels.AdapterDir(adapter));
         var batch = registry.CreateBatch([adapter]);
         Assert.NotNull(batch);
@@ -42,12 +44,14 @@ public class FixtureScoreTests
 /// <summary>The adapter path in bfloat16 (the CUDA default): factors and anchors follow the model's dtype.</summary>
 public class Bfloat16Tests
 {
-    [Fact]
-    public void AdaptersRunInBfloat16()
+    [Theory]
+    [InlineData(SmoaForm.Anchored)]
+    [InlineData(SmoaForm.Folded)]
+    public void AdaptersRunInBfloat16(SmoaForm form)
     {
         using var model = SmoaServe.Engine.Model.LlamaModel.Load(SmoaServe.Tests.FixturePaths.LlamaA,
             new SmoaServe.Engine.Model.ModelLoadOptions(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.BFloat16));
-        using var registry = new AdapterRegistry(BaseModelView.From(model));
+        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = form });
         foreach (var a in TestModels.FixtureAdapters) registry.Load(a, TestModels.AdapterDir(a));
         var (baseIds, baseExpected) = TestModels.Expected(Path.Combine(SmoaServe.Tests.FixturePaths.LlamaA, "expected_base.safetensors"))[1];
         using var baseLogits = TestModels.Score(model, baseIds, null);

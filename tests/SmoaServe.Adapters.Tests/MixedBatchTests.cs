@@ -7,11 +7,13 @@ namespace SmoaServe.Adapters.Tests;
 /// <summary>A batch whose rows use different adapters (or none) gives every row the logits it gets alone.</summary>
 public class MixedBatchTests
 {
-    [Fact]
-    public void EachRowGetsItsOwnAdapter()
+    [Theory]
+    [InlineData(SmoaForm.Anchored)]
+    [InlineData(SmoaForm.Folded)]
+    public void EachRowGetsItsOwnAdapter(SmoaForm form)
     {
         var model = TestModels.LlamaA;
-        using var registry = new AdapterRegistry(BaseModelView.From(model));
+        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = form });
         foreach (var a in TestModels.FixtureAdapters) registry.Load(a, TestModels.AdapterDir(a));
         string?[] rows = ["smoa-adapter", "lora-adapter", null, "smoa-adapter-layout", "smoa-adapter", null];
 
@@ -81,14 +83,16 @@ public class ReplaceTests
 
 public class BankGroupingTests
 {
-    [Fact]
-    public void SameModuleDifferentBanksInOneBatch()
+    [Theory]
+    [InlineData(SmoaForm.Anchored)]
+    [InlineData(SmoaForm.Folded)]
+    public void SameModuleDifferentBanksInOneBatch(SmoaForm form)
     {
         // Four adapters on the same modules that land in four different banks: r 4 vs r 8 (rank padding), K 2 vs K 3
         // (anchors), and a stored layout that differs from the SVD one (its own anchors); plus LoRA and base rows.
         var model = TestModels.LlamaA;
         var view = BaseModelView.From(model);
-        using var registry = new AdapterRegistry(view);
+        using var registry = new AdapterRegistry(view, options: new AdapterRegistryOptions { SmoaForm = form });
         Projection[] targets = [Projection.Q, Projection.Up];
         using var a = RandomAdapters.Smoa(view, AdapterConfig.Smoa(4, 2, 8, targets), 1);
         using var b = RandomAdapters.Smoa(view, AdapterConfig.Smoa(8, 2, 8, targets), 2);

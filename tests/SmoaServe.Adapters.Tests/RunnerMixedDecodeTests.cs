@@ -11,11 +11,13 @@ namespace SmoaServe.Adapters.Tests;
 /// </summary>
 public class RunnerMixedDecodeTests
 {
-    [Fact]
-    public void MixedDecodeStepMatchesEachRowsReference()
+    [Theory]
+    [InlineData(SmoaForm.Anchored)]
+    [InlineData(SmoaForm.Folded)]
+    public void MixedDecodeStepMatchesEachRowsReference(SmoaForm form)
     {
         var model = TestModels.LlamaA;
-        using var registry = new AdapterRegistry(BaseModelView.From(model));
+        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = form });
         foreach (var a in TestModels.FixtureAdapters) registry.Load(a, TestModels.AdapterDir(a));
         using var runner = new ModelRunner(model, slotCount: 6, maxSequenceLength: 64, registry);
 

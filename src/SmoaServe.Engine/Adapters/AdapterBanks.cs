@@ -50,7 +50,7 @@ internal sealed class SmoaAnchors : IDisposable
     public void Dispose() { AnchorsT.Dispose(); ColIndex.Dispose(); RowIndex.Dispose(); }
 }
 
-/// <summary>Factors of a batch's rows gathered from a bank (what <see cref="FactorBank.AddDelta"/> multiplies with).</summary>
+/// <summary>Factors of a batch's rows gathered from a bank (what the bank's delta multiplies with).</summary>
 internal sealed record GatheredFactors(Tensor A, Tensor Bt)
 {
     public long Bytes => (A.NumberOfElements + Bt.NumberOfElements) * A.ElementSize;
@@ -100,11 +100,8 @@ internal abstract class FactorBank : IDisposable
 
     public abstract long SlotBytes { get; }
 
-    /// <summary>The factors of slots [n], laid out for <see cref="AddDelta"/>.</summary>
+    /// <summary>The factors of slots [n], laid out for the bank's delta.</summary>
     public abstract GatheredFactors Gather(Tensor slots);
-
-    /// <summary>y + ΔW x for n rows whose factors were gathered: x [n, T, in], y [n, T, out] → [n, T, out].</summary>
-    public abstract Tensor AddDelta(Tensor x, Tensor y, GatheredFactors f);
 
     public abstract void Dispose();
 }
@@ -149,7 +146,8 @@ internal sealed class SmoaBank(SmoaAnchors anchors, int rankPad, ScalarType dtyp
     /// when its transient is still smaller than the shared-anchor form's ([K, n·T·rpad, Cmax + Rmax]).</summary>
     public const long BlockwiseMaxElements = 1L << 26;
 
-    public override Tensor AddDelta(Tensor x, Tensor y, GatheredFactors f)
+    /// <summary>y + ΔW x for n rows whose factors were gathered: x [n, T, in], y [n, T, out] → [n, T, out].</summary>
+    public Tensor AddDelta(Tensor x, Tensor y, GatheredFactors f)
     {
         long n = x.shape[0], t = x.shape[1], k = Anchors.Layout.K;
         long blockwiseElements = n * Anchors.AnchorsT.NumberOfElements;
@@ -166,39 +164,81 @@ internal sealed class SmoaBank(SmoaAnchors anchors, int rankPad, ScalarType dtyp
     public override void Dispose() { _a?.Dispose(); _bt?.Dispose(); }
 }
 
-/// <summary>LoRA factors of one (layer, module) and rank r: A [cap, r, in], scale·Bᵀ [cap, r, out].</summary>
-internal sealed class LoraBank(int rank, int inFeatures, int outFeatures, ScalarType dtype, Device device) : FactorBank
+/// <summary>How a <see cref="GroupBank"/>'s folded factors A', B' make ΔW.</summary>
+internal enum GroupForm
 {
-    public int Rank { get; } = rank;
+    /// <summary>LoRA: ΔW = B' A'.</summary>
+    LowRank,
+    /// <summary>SMoA / HiRA in the folded form: ΔW = (B' A') ⊙ W (see <see cref="SmoaMath.FoldFactors"/>).</summary>
+    Hadamard,
+}
+
+/// <summary>
+/// Factors of every loaded adapter with one rank signature on one (layer, projection group), for all of the group's parts
+/// at once: A' [cap, Σr, in] and scale·B'ᵀ [cap, Σr, Σout], part p's ranks in rows [ρ_p, ρ_p + r_p) and its outputs in
+/// columns [o_p, o_p + out_p), zero elsewhere. So a batch applies every row's update to q, k and v (or gate and up) with
+/// a handful of operations on the group's fused GEMM output, whatever the number of parts or adapters.
+/// </summary>
+/// <param name="partRanks">rank of each part (0: the adapters of this bank do not target it)</param>
+/// <param name="partOuts">output features of each part (the group's output is their concatenation)</param>
+/// <param name="groupWeight">W of the group [Σout, in] (Hadamard form; owned by the model)</param>
+internal sealed class GroupBank(GroupForm form, int[] partRanks, int inFeatures, int[] partOuts, Tensor? groupWeight, ScalarType dtype, Device device) : FactorBank
+{
+    /// <summary>Rows that the prefill (dense) form may expand to ΔWᵀ at once: bounds its transient to this many elements.</summary>
+    public const long DenseMaxElements = 1L << 27;
+
     private Tensor? _a, _bt;
+    private readonly int _sumRanks = partRanks.Sum();
+    private readonly int _sumOuts = partOuts.Sum();
+
+    public GroupForm Form { get; } = form;
 
     protected override void Grow(int oldCapacity, int newCapacity)
     {
-        _a = GrowStack(_a, 0, oldCapacity, [newCapacity, Rank, inFeatures], dtype, device);
-        _bt = GrowStack(_bt, 0, oldCapacity, [newCapacity, Rank, outFeatures], dtype, device);
+        _a = GrowStack(_a, 0, oldCapacity, [newCapacity, _sumRanks, inFeatures], dtype, device);
+        _bt = GrowStack(_bt, 0, oldCapacity, [newCapacity, _sumRanks, _sumOuts], dtype, device);
     }
 
-    /// <param name="a">A [r, in]</param>
-    /// <param name="b">B [out, r]</param>
-    public void Write(int slot, Tensor a, Tensor b, double scale)
+    /// <summary>Writes one adapter: per targeted part, A' [r_p, in] and scale·B'ᵀ [r_p, out_p] (other parts stay zero).</summary>
+    public void Write(int slot, IReadOnlyList<(int Part, Tensor A, Tensor Bt)> parts)
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        _a!.select(0, slot).copy_(a);
-        _bt!.select(0, slot).copy_(b.t() * scale);
+        var aSlot = _a!.select(0, slot);    // [Σr, in]
+        var btSlot = _bt!.select(0, slot);  // [Σr, Σout]
+        aSlot.zero_(); btSlot.zero_();
+        foreach (var (part, a, bt) in parts)
+        {
+            long rankOffset = partRanks.Take(part).Sum(), outOffset = partOuts.Take(part).Sum();
+            if (a.shape[0] != partRanks[part] || a.shape[1] != inFeatures || bt.shape[0] != partRanks[part] || bt.shape[1] != partOuts[part])
+                throw new ArgumentException($"part {part}: factors [{string.Join(", ", a.shape)}], [{string.Join(", ", bt.shape)}] do not fit rank {partRanks[part]}, {inFeatures} → {partOuts[part]}");
+            aSlot.narrow(0, rankOffset, partRanks[part]).copy_(a);
+            btSlot.narrow(0, rankOffset, partRanks[part]).narrow(1, outOffset, partOuts[part]).copy_(bt);
+        }
     }
 
-    /// <summary>Aᵀ [n, in, r] (a transposed view) and scale·Bᵀ [n, r, out] of slots [n].</summary>
+    /// <summary>A' [n, Σr, in], scale·B'ᵀ [n, Σr, Σout] of slots [n].</summary>
     public override GatheredFactors Gather(Tensor slots) => new(_a!.index_select(0, slots), _bt!.index_select(0, slots));
 
-    /// <summary>y + scale·B (A x) per row (two gathered bmm's).</summary>
-    public override Tensor AddDelta(Tensor x, Tensor y, GatheredFactors f)
+    /// <summary>ΔW x of the whole group for n rows: x [n, T, in] → [n, T, Σout].</summary>
+    public Tensor Delta(Tensor x, GatheredFactors f)
     {
-        var h = bmm(x, f.A.transpose(1, 2));    // [n, T, r]
-        return y + bmm(h, f.Bt);                // [n, T, out]
+        if (Form == GroupForm.LowRank)
+            return bmm(bmm(x, f.A.transpose(1, 2)), f.Bt);                              // B' (A' x): [n, T, Σr] → [n, T, Σout]
+        long n = x.shape[0], t = x.shape[1];
+        if (t == 1) return SmoaMath.FoldedDecodeDelta(x, f.A, f.Bt, groupWeight!);
+        long rowsPerChunk = Math.Max(1, DenseMaxElements / ((long)inFeatures * _sumOuts));
+        if (n <= rowsPerChunk) return SmoaMath.FoldedDenseDelta(x, f.A, f.Bt, groupWeight!);
+        var chunks = new List<Tensor>();
+        for (long start = 0; start < n; start += rowsPerChunk)
+        {
+            long len = Math.Min(rowsPerChunk, n - start);
+            chunks.Add(SmoaMath.FoldedDenseDelta(x.narrow(0, start, len), f.A.narrow(0, start, len), f.Bt.narrow(0, start, len), groupWeight!));
+        }
+        return cat(chunks.ToArray(), 0);
     }
 
-    public override long SlotBytes => (_a!.NumberOfElements + _bt!.NumberOfElements) / Capacity * _a.ElementSize;
+    public override long SlotBytes => (long)_sumRanks * (inFeatures + _sumOuts) * _a!.ElementSize;
 
     public override void Dispose() { _a?.Dispose(); _bt?.Dispose(); }
 }

@@ -21,39 +21,73 @@ public sealed record AdapterInfo(
     long Bytes,
     bool CarriedLayout);
 
+/// <summary>How SMoA adapters are kept and applied (docs/smoa-spec.md, "Serving").</summary>
+public enum SmoaForm
+{
+    /// <summary>Block factors per (layer, module) against shared anchors M_k = W[R_k, C_k]: the fewest multiply-adds
+    /// (r/K² of the base per row), several small operations per module. The default on the CPU.</summary>
+    Anchored,
+    /// <summary>Folded HiRA factors per (layer, projection group) against the model's own fused weights: no anchor copies,
+    /// five operations per group and decode step, K² times the anchored form's multiply-adds. The default on CUDA,
+    /// where decode is bound by operation launches rather than arithmetic.</summary>
+    Folded,
+}
+
+/// <summary>Settings of an <see cref="AdapterRegistry"/>; <see cref="For"/> gives the defaults of a device.</summary>
+public sealed record AdapterRegistryOptions
+{
+    public SmoaForm SmoaForm { get; init; } = SmoaForm.Anchored;
+    /// <summary>Per cached batch plan, device bytes it may keep of its rows' gathered factors (reused by every decode step).</summary>
+    public long PlanCacheBytes { get; init; } = 64L << 20;
+
+    public static AdapterRegistryOptions For(Device device, SmoaForm? form = null) => device.type == DeviceType.CUDA
+        ? new() { SmoaForm = form ?? SmoaForm.Folded, PlanCacheBytes = 2L << 30 }
+        : new() { SmoaForm = form ?? SmoaForm.Anchored };
+
+    /// <summary>"anchored" / "folded" / null or empty (the device's default).</summary>
+    public static SmoaForm? ParseForm(string? value) => value?.ToLowerInvariant() switch
+    {
+        null or "" => null,
+        "anchored" => SmoaForm.Anchored,
+        "folded" => SmoaForm.Folded,
+        _ => throw new ArgumentException($"SMoA form '{value}' is not 'anchored' or 'folded'"),
+    };
+}
+
 /// <summary>
 /// The loaded adapters of one base model, and the <see cref="IAdapterSource"/> the model runner batches from.
-/// Each adapter's factors live in shared per-(layer, module) banks (one slot per adapter), and SMoA anchors
-/// M_k = W[R_k, C_k] exist once per (layer, module, layout), so a batch mixing any adapters costs one gather
-/// and one batched GEMM per module and bank, and base-only batches cost nothing.
+/// Each adapter's factors live in shared banks (one slot per adapter): LoRA and folded SMoA per (layer, projection
+/// group), anchored SMoA per (layer, module) with its anchors M_k = W[R_k, C_k] kept once per layout. A batch mixing any
+/// adapters costs one gather and a few batched operations per group and bank; base-only batches cost nothing.
 /// Threading: <see cref="Load"/>, <see cref="Add"/> and <see cref="CreateBatch"/> do tensor work and must run on the
 /// model thread; <see cref="Remove"/>, <see cref="Contains"/>, <see cref="List"/> are safe from any thread.
 /// </summary>
 public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
 {
     public const int MaxNameLength = 128;
-    private const int ProjectionCount = 7;
+    private const int GroupCount = 4;
     private const int PlanCacheSize = 8;
-    /// <summary>Per cached batch plan, device bytes it may keep of its rows' gathered factors (reused by every decode step).</summary>
-    private const long PlanFactorCacheBytes = 64L << 20;
 
     private readonly object _lock = new();
     private readonly object _loadLock = new();
     private readonly Dictionary<string, Registered> _adapters = new(StringComparer.Ordinal);
     private readonly Dictionary<(int, Projection, string), SmoaAnchors> _anchors = new();
     private readonly Dictionary<(int, Projection, string, int), SmoaBank> _smoaBanks = new();
-    private readonly Dictionary<(int, Projection, int), LoraBank> _loraBanks = new();
+    private readonly Dictionary<(int, ProjectionGroup, GroupForm, string), GroupBank> _groupBanks = new();
+    private readonly Dictionary<(int, ProjectionGroup), Tensor> _groupWeights = new();
     private readonly Dictionary<string, BatchPlan> _plans = new(StringComparer.Ordinal);
     private readonly Queue<string> _planOrder = new();
     private long _version;
 
-    public AdapterRegistry(BaseModelView model, LayoutStore? layouts = null)
+    public AdapterRegistry(BaseModelView model, LayoutStore? layouts = null, AdapterRegistryOptions? options = null)
     {
         Model = model;
         Layouts = layouts ?? new LayoutStore(model);
+        Options = options ?? AdapterRegistryOptions.For(model.Device);
     }
 
     public BaseModelView Model { get; }
+    public AdapterRegistryOptions Options { get; }
     public LayoutStore Layouts { get; }
 
     /// <summary>Device bytes of all SMoA anchors (shared by every adapter with the same layout).</summary>
@@ -90,17 +124,26 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
                 if (!replace && _adapters.ContainsKey(name)) throw new InvalidOperationException($"adapter '{name}' is already loaded; remove it first");
 
             CheckShapes(definition);
-            // 1. Everything that can fail on the adapter's content: layouts (SVD or stored), anchors.
-            var targets = new List<(int Layer, Projection Projection, ModuleFactors Factors, SmoaAnchors? Anchors)>();
+            var config = definition.Config;
+            // 1. Everything that can fail on the adapter's content: layouts (SVD or stored), anchors, folded factors.
+            var targets = new List<Target>();
+            bool folded = config.Kind == AdapterKind.Smoa && Options.SmoaForm == SmoaForm.Folded;
             foreach (var ((layer, proj), factors) in definition.Modules)
-                targets.Add((layer, proj, factors, definition.Config.Kind == AdapterKind.Smoa ? AnchorsFor(layer, proj, definition.Config.NumBlocks, factors) : null));
+                targets.Add(new Target(layer, proj, factors,
+                    config.Kind == AdapterKind.Smoa ? factors.CarriedLayout ?? Layouts.Get(layer, proj, config.NumBlocks) : null));
+            var anchors = config.Kind == AdapterKind.Smoa && !folded
+                ? targets.ToDictionary(t => (t.Layer, t.Projection), t => AnchorsFor(t.Layer, t.Projection, t.Layout!))
+                : null;
 
             // 2. Slots and copies into the banks; undone if anything fails (e.g. out of memory).
             var placements = new List<Placement>();
             try
             {
-                foreach (var (layer, proj, factors, anchors) in targets)
-                    placements.Add(Place(layer, proj, factors, anchors, definition.Config));
+                if (anchors is not null)
+                    foreach (var t in targets) placements.Add(PlaceAnchored(t, anchors[(t.Layer, t.Projection)], config));
+                else
+                    foreach (var byGroup in targets.GroupBy(t => (t.Layer, ProjectionGroups.Of(t.Projection).Group)))
+                        placements.Add(PlaceGrouped(byGroup.Key.Layer, byGroup.Key.Group, byGroup.ToList(), config));
             }
             catch
             {
@@ -108,7 +151,6 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
                 throw;
             }
 
-            var config = definition.Config;
             var info = new AdapterInfo(name, config.Kind, config.R, config.NumBlocks, config.BlockRanks, config.Scaling,
                 config.TargetModules.Select(ProjectionNames.ModuleName).ToList(), definition.Modules.Count, definition.ParameterCount,
                 placements.Sum(p => p.Bank.SlotBytes), definition.Modules.Values.Any(m => m.CarriedLayout is not null));
@@ -162,15 +204,15 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         lock (_lock)
         {
             foreach (var b in _smoaBanks.Values) b.Dispose();
-            foreach (var b in _loraBanks.Values) b.Dispose();
+            foreach (var b in _groupBanks.Values) b.Dispose();
             foreach (var a in _anchors.Values) a.Dispose();
-            _smoaBanks.Clear(); _loraBanks.Clear(); _anchors.Clear(); _adapters.Clear(); _plans.Clear(); _planOrder.Clear();
+            foreach (var w in _groupWeights.Values) w.Dispose();
+            _smoaBanks.Clear(); _groupBanks.Clear(); _anchors.Clear(); _groupWeights.Clear(); _adapters.Clear(); _plans.Clear(); _planOrder.Clear();
         }
     }
 
-    private SmoaAnchors AnchorsFor(int layer, Projection proj, int k, ModuleFactors factors)
+    private SmoaAnchors AnchorsFor(int layer, Projection proj, SmoaLayout layout)
     {
-        var layout = factors.CarriedLayout ?? Layouts.Get(layer, proj, k);
         lock (_lock)
             if (_anchors.TryGetValue((layer, proj, layout.Hash), out var existing) && existing.Layout.SameAs(layout)) return existing;
         using var _ = no_grad();
@@ -180,63 +222,107 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         return anchors;
     }
 
-    private Placement Place(int layer, Projection proj, ModuleFactors factors, SmoaAnchors? anchors, AdapterConfig config)
+    /// <summary>Anchored SMoA: the module's block factors into the bank of its anchors and padded rank.</summary>
+    private Placement PlaceAnchored(Target t, SmoaAnchors anchors, AdapterConfig config)
     {
-        int index = layer * ProjectionCount + (int)proj;
         using var scope = NewDisposeScope();
-        var a = factors.A.Select(t => t?.to(Model.DType).to(Model.Device)).ToArray();
-        var b = factors.B.Select(t => t?.to(Model.DType).to(Model.Device)).ToArray();
-        if (anchors is not null)
+        var a = t.Factors.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+        var b = t.Factors.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+        int rankPad = Math.Max(1, config.BlockRanks.Max());
+        SmoaBank bank;
+        int slot;
+        lock (_lock)
         {
-            int rankPad = Math.Max(1, config.BlockRanks.Max());
-            SmoaBank bank;
-            int slot;
-            lock (_lock)
-            {
-                var key = (layer, proj, anchors.Layout.Hash, rankPad);
-                if (!_smoaBanks.TryGetValue(key, out bank!)) _smoaBanks[key] = bank = new SmoaBank(anchors, rankPad, Model.DType, Model.Device);
-                slot = bank.AllocateSlot();
-            }
-            bank.Write(slot, a, b, config.Scaling);
-            return new Placement(index, bank, slot);
+            var key = (t.Layer, t.Projection, anchors.Layout.Hash, rankPad);
+            if (!_smoaBanks.TryGetValue(key, out bank!)) _smoaBanks[key] = bank = new SmoaBank(anchors, rankPad, Model.DType, Model.Device);
+            slot = bank.AllocateSlot();
         }
-        else
-        {
-            var (outF, inF) = Model.Shape(layer, proj);
-            LoraBank bank;
-            int slot;
-            lock (_lock)
-            {
-                var key = (layer, proj, config.R);
-                if (!_loraBanks.TryGetValue(key, out bank!)) _loraBanks[key] = bank = new LoraBank(config.R, inF, outF, Model.DType, Model.Device);
-                slot = bank.AllocateSlot();
-            }
-            bank.Write(slot, a[0]!, b[0]!, config.Scaling);
-            return new Placement(index, bank, slot);
-        }
+        try { bank.Write(slot, a, b, config.Scaling); }
+        catch { lock (_lock) bank.ReleaseSlot(slot); throw; }
+        var (group, part) = ProjectionGroups.Of(t.Projection);
+        return new Placement(GroupIndex(t.Layer, group), part, bank, slot);
     }
 
-    /// <summary>For each (layer, module): the banks its rows use, which rows, and their slots, as device index tensors.</summary>
+    /// <summary>LoRA, or folded SMoA: the targeted modules of one (layer, group) as folded factors A', scale·B'ᵀ in one slot.</summary>
+    private Placement PlaceGrouped(int layer, ProjectionGroup group, List<Target> targets, AdapterConfig config)
+    {
+        using var scope = NewDisposeScope();
+        var parts = ProjectionGroups.Parts(group);
+        var ranks = new int[parts.Count];
+        var outs = parts.Select(p => Model.Shape(layer, p).Out).ToArray();
+        int inFeatures = Model.Shape(layer, parts[0]).In;
+        var written = new List<(int Part, Tensor A, Tensor Bt)>();
+        foreach (var t in targets)
+        {
+            int part = ProjectionGroups.Of(t.Projection).Part;
+            var a = t.Factors.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+            var b = t.Factors.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+            var (foldedA, foldedBt) = t.Layout is { } layout
+                ? SmoaMath.FoldFactors(layout, a, b, config.Scaling)           // [r, in], [r, out]
+                : (a[0]!, b[0]!.t() * config.Scaling);                        // LoRA: A [r, in], scale·Bᵀ [r, out]
+            ranks[part] = (int)foldedA.shape[0];
+            written.Add((part, foldedA, foldedBt));
+        }
+        var form = config.Kind == AdapterKind.Lora ? GroupForm.LowRank : GroupForm.Hadamard;
+        GroupBank bank;
+        int slot;
+        lock (_lock)
+        {
+            var key = (layer, group, form, string.Join(",", ranks));
+            if (!_groupBanks.TryGetValue(key, out bank!))
+                _groupBanks[key] = bank = new GroupBank(form, ranks, inFeatures, outs,
+                    form == GroupForm.Hadamard ? GroupWeightOf(layer, group) : null, Model.DType, Model.Device);
+            slot = bank.AllocateSlot();
+        }
+        try { bank.Write(slot, written); }
+        catch { lock (_lock) bank.ReleaseSlot(slot); throw; }
+        return new Placement(GroupIndex(layer, group), -1, bank, slot);
+    }
+
+    /// <summary>The model's fused weight of a group (or, for views without one, a concatenated copy the registry keeps).</summary>
+    private Tensor GroupWeightOf(int layer, ProjectionGroup group)
+    {
+        if (Model.OwnsGroupWeights) return Model.GroupWeight(layer, group);
+        if (_groupWeights.TryGetValue((layer, group), out var w)) return w;
+        using var _ = no_grad();
+        return _groupWeights[(layer, group)] = Model.GroupWeight(layer, group).DetachFromDisposeScope();
+    }
+
+    private static int GroupIndex(int layer, ProjectionGroup group) => layer * GroupCount + (int)group;
+
+    /// <summary>For each (layer, group): the banks its rows use, which rows, and their slots, as device index tensors.</summary>
     private BatchPlan BuildPlan(List<Registered?> rows)
     {
-        var groups = new Dictionary<(int Index, FactorBank Bank), (List<long> Rows, List<long> Slots)>();
+        var groups = new Dictionary<(int Index, int Part, FactorBank Bank), (List<long> Rows, List<long> Slots)>();
         for (int row = 0; row < rows.Count; row++)
         {
             if (rows[row] is not { } adapter) continue;
             foreach (var p in adapter.Placements)
             {
-                if (!groups.TryGetValue((p.Index, p.Bank), out var g)) groups[(p.Index, p.Bank)] = g = ([], []);
+                if (!groups.TryGetValue((p.GroupIndex, p.Part, p.Bank), out var g)) groups[(p.GroupIndex, p.Part, p.Bank)] = g = ([], []);
                 g.Rows.Add(row);
                 g.Slots.Add(p.Slot);
             }
         }
-        var perModule = new BankGroup[Model.LayerCount * ProjectionCount][];
+        var perGroup = new BankGroup[Model.LayerCount * GroupCount][];
         foreach (var byIndex in groups.GroupBy(g => g.Key.Index))
-            perModule[byIndex.Key] = byIndex.Select(g => new BankGroup(
+            perGroup[byIndex.Key] = byIndex.Select(g => new BankGroup(
                 g.Key.Bank,
+                PartColumns(byIndex.Key, g.Key.Part),
                 AllRowsInOrder(g.Value.Rows, rows.Count) ? null : IndexTensor(g.Value.Rows),
                 IndexTensor(g.Value.Slots))).ToArray();
-        return new BatchPlan(rows.Count, Model.DType, perModule, PlanFactorCacheBytes);
+        return new BatchPlan(rows.Count, Model.DType, perGroup, Options.PlanCacheBytes);
+    }
+
+    /// <summary>Where part <paramref name="part"/>'s outputs sit in its group's fused output (offset, size); null for a whole-group bank.</summary>
+    private (long Offset, long Size)? PartColumns(int groupIndex, int part)
+    {
+        if (part < 0) return null;
+        int layer = groupIndex / GroupCount;
+        var parts = ProjectionGroups.Parts((ProjectionGroup)(groupIndex % GroupCount));
+        long offset = 0;
+        for (int i = 0; i < part; i++) offset += Model.Shape(layer, parts[i]).Out;
+        return (offset, Model.Shape(layer, parts[part]).Out);
     }
 
     private static bool AllRowsInOrder(List<long> rows, int batch) => rows.Count == batch && rows.Select((r, i) => r == i).All(x => x);
@@ -278,11 +364,15 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
     private static partial Regex NamePattern();
 
     private sealed record Registered(AdapterInfo Info, List<Placement> Placements);
-    internal sealed record Placement(int Index, FactorBank Bank, int Slot);
-    /// <summary>The rows of one batch that use one bank on one (layer, module), and their slots there.</summary>
-    internal sealed class BankGroup(FactorBank bank, Tensor? rows, Tensor slots)
+    private sealed record Target(int Layer, Projection Projection, ModuleFactors Factors, SmoaLayout? Layout);
+    /// <summary>One slot of an adapter: in a whole-group bank (<paramref name="Part"/> -1) or in one part's anchored bank.</summary>
+    internal sealed record Placement(int GroupIndex, int Part, FactorBank Bank, int Slot);
+    /// <summary>The rows of one batch that use one bank on one (layer, group), and their slots there.</summary>
+    internal sealed class BankGroup(FactorBank bank, (long Offset, long Size)? partColumns, Tensor? rows, Tensor slots)
     {
         public FactorBank Bank { get; } = bank;
+        /// <summary>For a one-part (anchored SMoA) bank: that part's columns of the group output; null for a whole-group bank.</summary>
+        public (long Offset, long Size)? PartColumns { get; } = partColumns;
         /// <summary>[n] batch rows, or null when the group is the whole batch in order.</summary>
         public Tensor? Rows { get; } = rows;
         /// <summary>[n] each row's slot in <see cref="Bank"/>.</summary>
@@ -296,7 +386,7 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
     {
         public int BatchSize { get; } = batchSize;
         public ScalarType DType { get; } = dtype;
-        /// <summary>Per layer·7 + projection: the bank groups of that module, or null when no row adapts it.</summary>
+        /// <summary>Per layer·4 + projection group: the bank groups of that group, or null when no row adapts it.</summary>
         public BankGroup[]?[] Groups { get; } = groups;
         public int Uses { get; set; } = 1;
         private long _cachedBytes;
@@ -329,12 +419,12 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         }
     }
 
-    /// <summary>One forward's adapters: for every (layer, module), ΔW x of each adapted row added to y.</summary>
+    /// <summary>One forward's adapters: for every (layer, group), ΔW x of each adapted row and part added to y.</summary>
     private sealed class AdapterBatch(BatchPlan plan) : IAdapterBatch
     {
-        public Tensor Apply(int layer, Projection projection, Tensor x, Tensor y)
+        public Tensor Apply(int layer, ProjectionGroup group, Tensor x, Tensor y)
         {
-            int index = layer * ProjectionCount + (int)projection;
+            int index = GroupIndex(layer, group);
             if (index < 0 || index >= plan.Groups.Length || plan.Groups[index] is not { } groups) return y;
             if (x.shape[0] != plan.BatchSize)
                 throw new InvalidOperationException($"adapter batch was built for {plan.BatchSize} rows but the forward has {x.shape[0]}");
@@ -344,8 +434,19 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
             foreach (var g in groups)
             {
                 var f = plan.Factors(g);
-                if (g.Rows is null) y = g.Bank.AddDelta(x, y, f);                                           // [B, T, out]
-                else y = y.index_copy(0, g.Rows, g.Bank.AddDelta(x.index_select(0, g.Rows), y.index_select(0, g.Rows), f));
+                var xs = g.Rows is null ? x : x.index_select(0, g.Rows);                     // [n, T, in]
+                if (g.Bank is GroupBank whole)
+                {
+                    var delta = whole.Delta(xs, f);                                          // [n, T, Σout]
+                    y = g.Rows is null ? y.add_(delta) : y.index_add_(0, g.Rows, delta, 1);
+                }
+                else
+                {
+                    var (offset, size) = g.PartColumns!.Value;
+                    var part = y.narrow(-1, offset, size);                                   // [B, T, out_p] (a view of y)
+                    var updated = ((SmoaBank)g.Bank).AddDelta(xs, g.Rows is null ? part : part.index_select(0, g.Rows), f);
+                    if (g.Rows is null) part.copy_(updated); else part.index_copy_(0, g.Rows, updated);
+                }
             }
             return y.dtype == outDtype ? y : y.to(outDtype);
         }

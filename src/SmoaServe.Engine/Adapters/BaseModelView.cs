@@ -16,6 +16,7 @@ public sealed class BaseModelView
 {
     private readonly Func<int, Projection, Tensor> _weight;
     private readonly Func<int, Projection, Tensor> _layoutWeight;
+    private readonly Func<int, ProjectionGroup, Tensor>? _groupWeight;
     private readonly Func<int, Projection, (int Out, int In)>? _shape;
     private readonly Func<string>? _fingerprintSource;
     private string? _fingerprint;
@@ -28,8 +29,10 @@ public sealed class BaseModelView
     /// <param name="fingerprint">computes the fingerprint (default: sampled values of <paramref name="layoutWeight"/>)</param>
     public BaseModelView(int layerCount, Func<int, Projection, Tensor> weight, string? identity = null,
         Func<int, Projection, (int Out, int In)>? shape = null, ScalarType? dtype = null, Device? device = null,
-        Func<int, Projection, Tensor>? layoutWeight = null, Func<string>? fingerprint = null)
+        Func<int, Projection, Tensor>? layoutWeight = null, Func<string>? fingerprint = null,
+        Func<int, ProjectionGroup, Tensor>? groupWeight = null)
     {
+        _groupWeight = groupWeight;
         if (layerCount < 1) throw new ArgumentOutOfRangeException(nameof(layerCount));
         LayerCount = layerCount;
         _weight = weight;
@@ -56,8 +59,8 @@ public sealed class BaseModelView
     {
         string identity = IdentityOf(model.Config);
         if (model.Directory is not { } dir)
-            return new BaseModelView(model.Config.NumLayers, model.ProjectionWeight, identity);
-        return new BaseModelView(model.Config.NumLayers, model.ProjectionWeight, identity,
+            return new BaseModelView(model.Config.NumLayers, model.ProjectionWeight, identity, groupWeight: model.GroupWeight);
+        return new BaseModelView(model.Config.NumLayers, model.ProjectionWeight, identity, groupWeight: model.GroupWeight,
             layoutWeight: (l, p) => { using var files = CheckpointFiles.Open(dir); return files.Read(WeightName(l, p), ScalarType.Float32); },
             fingerprint: () => { using var files = CheckpointFiles.Open(dir); return CheckpointFingerprint(files, model.Config); });
     }
@@ -89,6 +92,17 @@ public sealed class BaseModelView
 
     /// <summary>W [out, in] as the model computes with it.</summary>
     public Tensor Weight(int layer, Projection p) => _weight(layer, p);
+
+    /// <summary>
+    /// The group's parts' weights stacked, [Σ out, in], as the model's fused GEMM uses them (the folded SMoA form multiplies
+    /// with it). Views without a model concatenate the parts into the caller's dispose scope.
+    /// </summary>
+    public Tensor GroupWeight(int layer, ProjectionGroup g) =>
+        _groupWeight?.Invoke(layer, g) ?? torch.cat(ProjectionGroups.Parts(g).Select(p => _weight(layer, p)).ToArray(), 0);
+
+    /// <summary>True when <see cref="GroupWeight"/> returns the model's own tensor (else a new one the caller owns).</summary>
+    public bool OwnsGroupWeights => _groupWeight is not null;
+
 
     /// <summary>W [out, in] at checkpoint precision, for the SMoA layout's SVD.</summary>
     public Tensor LayoutWeight(int layer, Projection p) => _layoutWeight(layer, p);

@@ -8,13 +8,14 @@ namespace SmoaServe.Engine.Model;
 /// LlamaAttention with grouped-query attention (NKV key/value heads shared by NH / NKV query heads each).
 /// q, k, v come from one GEMM; RoPE is applied to the q and k heads together.
 /// </summary>
-public sealed class Attention(int layer, int numHeads, int numKvHeads, int headDim, FusedLinear qkv, Linear o)
+public sealed class Attention(int layer, int numHeads, int numKvHeads, int headDim, FusedLinear qkv, FusedLinear o)
 {
     public Linear Q => qkv.Parts[0]; // [NH*D, hidden]
     public Linear K => qkv.Parts[1]; // [NKV*D, hidden]
     public Linear V => qkv.Parts[2]; // [NKV*D, hidden]
-    public Linear O { get; } = o;    // [hidden, NH*D]
+    public Linear O => o.Parts[0];   // [hidden, NH*D]
     internal FusedLinear Qkv => qkv;
+    internal FusedLinear OGroup => o;
 
     private int Groups => numHeads / numKvHeads;
 
@@ -22,7 +23,10 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
     {
         long b = x.shape[0], t = x.shape[1];
         var adapters = state.Adapters;
-        var (qkFlat, vFlat) = ProjectQkv(x, adapters);                        // [B, T, (NH+NKV)*D], [B, T, NKV*D]
+        var qkv = ProjectQkv(x, adapters);                                    // [B, T, (NH+2NKV)*D]
+        long qkWidth = (numHeads + numKvHeads) * headDim;
+        var qkFlat = qkv.narrow(-1, 0, qkWidth);                              // [B, T, (NH+NKV)*D]: q and k side by side
+        var vFlat = qkv.narrow(-1, qkWidth, numKvHeads * headDim);            // [B, T, NKV*D]
         var qk = qkFlat.view(b, t, numHeads + numKvHeads, headDim).transpose(1, 2); // [B, NH+NKV, T, D]
         qk = RotaryEmbedding.Apply(qk, state.Cos, state.Sin);
         var q = qk.narrow(1, 0, numHeads);                                    // [B, NH, T, D]
@@ -32,21 +36,10 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
 
         var attended = t == 1 ? DecodeAttention(q, k, v, state) : RepeatedKvAttention(q, k, v, state); // [B, NH, T, D]
         var merged = attended.transpose(1, 2).reshape(b, t, numHeads * headDim);                                     // [B, T, NH*D]
-        return O.Forward(merged, layer, Projection.O, adapters);
+        return o.Forward(merged, adapters);
     }
 
-    /// <summary>q and k side by side (one view of the GEMM output when no adapter changes them), and v.</summary>
-    private (Tensor QK, Tensor V) ProjectQkv(Tensor x, IAdapterBatch? adapters)
-    {
-        long qkWidth = (numHeads + numKvHeads) * headDim;
-        if (adapters is null)
-        {
-            var y = F.linear(x, qkv.Weight, qkv.Bias);                       // [B, T, (NH+2NKV)*D]
-            return (y.narrow(-1, 0, qkWidth), y.narrow(-1, qkWidth, numKvHeads * headDim));
-        }
-        var parts = qkv.Forward(x, adapters);                                // each updated by its adapter
-        return (torch.cat([parts[0], parts[1]], -1), parts[2]);
-    }
+    private Tensor ProjectQkv(Tensor x, IAdapterBatch? adapters) => qkv.Forward(x, adapters);
 
     /// <summary>Prefill: repeat each KV head for its query heads (HF repeat_kv), then SDPA.</summary>
     private Tensor RepeatedKvAttention(Tensor q, Tensor k, Tensor v, ForwardState state)

@@ -28,16 +28,41 @@ public static class ProjectionNames
 }
 
 /// <summary>
+/// The projections that one GEMM of the forward computes from one input: q/k/v, o, gate/up, down. The GEMM's output
+/// holds the parts' outputs side by side, in <see cref="ProjectionGroups.Parts"/> order.
+/// </summary>
+public enum ProjectionGroup { Qkv, O, GateUp, Down }
+
+public static class ProjectionGroups
+{
+    public static readonly ProjectionGroup[] All = [ProjectionGroup.Qkv, ProjectionGroup.O, ProjectionGroup.GateUp, ProjectionGroup.Down];
+
+    private static readonly Projection[][] PartsOf = [[Projection.Q, Projection.K, Projection.V], [Projection.O], [Projection.Gate, Projection.Up], [Projection.Down]];
+
+    public static IReadOnlyList<Projection> Parts(ProjectionGroup g) => PartsOf[(int)g];
+
+    /// <summary>The group a projection is computed in, and its position among the group's parts.</summary>
+    public static (ProjectionGroup Group, int Part) Of(Projection p) => p switch
+    {
+        Projection.Q => (ProjectionGroup.Qkv, 0), Projection.K => (ProjectionGroup.Qkv, 1), Projection.V => (ProjectionGroup.Qkv, 2),
+        Projection.O => (ProjectionGroup.O, 0),
+        Projection.Gate => (ProjectionGroup.GateUp, 0), Projection.Up => (ProjectionGroup.GateUp, 1),
+        Projection.Down => (ProjectionGroup.Down, 0),
+        _ => throw new ArgumentOutOfRangeException(nameof(p)),
+    };
+}
+
+/// <summary>
 /// The adapters of one forward batch: row b of the batch uses its own adapter (or none).
-/// The Llama forward calls <see cref="Apply"/> after every projection; the implementation adds
-/// ΔW x for each row on the fly (no merged weights, no dense ΔW on the hot path).
+/// The Llama forward calls <see cref="Apply"/> after every projection GEMM (once per <see cref="ProjectionGroup"/>); the
+/// implementation adds ΔW x for each row and part on the fly (no merged weights, no ΔW kept).
 /// </summary>
 public interface IAdapterBatch
 {
-    /// <param name="x">projection input [B, T, in]</param>
-    /// <param name="y">base output W x (+ bias) [B, T, out]</param>
-    /// <returns>y plus each row's adapter update; y itself when no row adapts this module.</returns>
-    Tensor Apply(int layer, Projection projection, Tensor x, Tensor y);
+    /// <param name="x">the GEMM's input [B, T, in]</param>
+    /// <param name="y">its base output W x (+ bias) [B, T, Σ out]: the group's parts side by side</param>
+    /// <returns>y plus each row's adapter updates (y may be updated in place); y itself when no row adapts this group.</returns>
+    Tensor Apply(int layer, ProjectionGroup group, Tensor x, Tensor y);
 }
 
 /// <summary>

@@ -47,25 +47,20 @@ public sealed class LlamaModel : IDisposable
             for (int l = 0; l < config.NumLayers; l++)
             {
                 string p = $"model.layers.{l}.";
-                (Projection, Tensor, Tensor?) Part(Projection proj, bool hasBias, long outDim, long inDim)
+                (Tensor, Tensor?) Part(Projection proj, bool hasBias, long outDim, long inDim)
                 {
                     string module = p + ProjectionNames.ModulePath(proj);
-                    return (proj, weight(module + ".weight", [outDim, inDim]), hasBias ? weight(module + ".bias", [outDim]) : null);
+                    return (weight(module + ".weight", [outDim, inDim]), hasBias ? weight(module + ".bias", [outDim]) : null);
                 }
-                Linear Single(Projection proj, bool hasBias, long outDim, long inDim)
-                {
-                    var (_, w, b) = Part(proj, hasBias, outDim, inDim);
-                    return new Linear(Own(w), b is null ? null : Own(b));
-                }
-                FusedLinear Fused(params (Projection, Tensor, Tensor?)[] parts) => OwnFused(new FusedLinear(l, parts));
+                FusedLinear Fused(ProjectionGroup group, params (Tensor, Tensor?)[] parts) => OwnFused(new FusedLinear(l, group, parts));
 
                 bool ab = config.AttentionBias, mb = config.MlpBias;
                 var attention = new Attention(l, nh, nkv, d,
-                    Fused(Part(Projection.Q, ab, nh * d, h), Part(Projection.K, ab, nkv * d, h), Part(Projection.V, ab, nkv * d, h)),
-                    Single(Projection.O, ab, h, nh * d));
-                var mlp = new FeedForward(l,
-                    Fused(Part(Projection.Gate, mb, ffn, h), Part(Projection.Up, mb, ffn, h)),
-                    Single(Projection.Down, mb, h, ffn));
+                    Fused(ProjectionGroup.Qkv, Part(Projection.Q, ab, nh * d, h), Part(Projection.K, ab, nkv * d, h), Part(Projection.V, ab, nkv * d, h)),
+                    Fused(ProjectionGroup.O, Part(Projection.O, ab, h, nh * d)));
+                var mlp = new FeedForward(
+                    Fused(ProjectionGroup.GateUp, Part(Projection.Gate, mb, ffn, h), Part(Projection.Up, mb, ffn, h)),
+                    Fused(ProjectionGroup.Down, Part(Projection.Down, mb, h, ffn)));
                 layers.Add(new DecoderLayer(
                     new RmsNorm(Required(p + "input_layernorm.weight", h), config.RmsNormEps),
                     attention,
@@ -126,6 +121,19 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>Bias of one projection [out], or null (attention_bias / mlp_bias false).</summary>
     public Tensor? ProjectionBias(int layer, Projection p) => ProjectionLinear(layer, p).Bias;
+
+    /// <summary>The fused weight of one projection group, [Σ out, in] (the parts' rows in <see cref="ProjectionGroups.Parts"/> order). Owned by the model.</summary>
+    public Tensor GroupWeight(int layer, ProjectionGroup g)
+    {
+        if (layer < 0 || layer >= Layers.Count) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} of {Layers.Count}");
+        var l = Layers[layer];
+        return g switch
+        {
+            ProjectionGroup.Qkv => l.Attention.Qkv.Weight, ProjectionGroup.O => l.Attention.OGroup.Weight,
+            ProjectionGroup.GateUp => l.Mlp.GateUp.Weight, ProjectionGroup.Down => l.Mlp.DownGroup.Weight,
+            _ => throw new ArgumentOutOfRangeException(nameof(g)),
+        };
+    }
 
     public Linear ProjectionLinear(int layer, Projection p)
     {

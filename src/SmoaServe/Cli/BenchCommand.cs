@@ -24,6 +24,7 @@ public sealed class BenchCommand : ICommand
                  --adapter-kind smoa|lora --r R --num-blocks K --target-modules a,b,... --adapters N --batch B --steps S
                  [--device cpu|cuda] [--dtype float32|bfloat16] [--threads N] [--json]
                  [--prompt-len P] [--warmup W] [--rounds R] [--alpha A] [--data DIR] [--seed S] [--no-swap] [--random-layout]
+                 [--smoa-form anchored|folded]
 
           --adapter-kind smoa|lora  random non-zero adapters of this kind (--num-blocks is ignored for lora)
           --target-modules LIST     e.g. q_proj,k_proj,v_proj,o_proj (or 'all' for the seven projections)
@@ -32,6 +33,8 @@ public sealed class BenchCommand : ICommand
           --prompt-len P            prompt tokens prefilled per sequence before decoding (default 16)
           --rounds R                rounds of interleaved base/mixed steps; all are averaged (default 2)
           --random-layout           (synthetic models) random block layouts of the right sizes instead of SVDs
+          --smoa-form F             anchored (shared-anchor GEMM per module) or folded (HiRA form, one GEMM per
+                                    projection group); default anchored on cpu, folded on cuda
           --data DIR                SMoA layout cache directory (skips the SVDs on the next run)
           --json                    last line: {"{"}"base_tokens_per_s": x, "mixed_tokens_per_s": y, "swap_tokens_per_s": z, ...{"}"}
         {ModelOptions.Help}
@@ -41,7 +44,7 @@ public sealed class BenchCommand : ICommand
 
     private static readonly string[] Options =
         ["model", "synthetic", "device", "dtype", "threads", "adapter-kind", "r", "num-blocks", "target-modules", "adapters",
-         "batch", "steps", "prompt-len", "warmup", "rounds", "alpha", "data", "seed"];
+         "batch", "steps", "prompt-len", "warmup", "rounds", "alpha", "data", "seed", "smoa-form"];
 
     public int Run(string[] args)
     {
@@ -59,7 +62,7 @@ public sealed class BenchCommand : ICommand
 
         var view = BaseModelView.From(model);
         var layouts = new LayoutStore(view, s.DataDir);
-        using var registry = new AdapterRegistry(view, layouts);
+        using var registry = new AdapterRegistry(view, layouts, AdapterRegistryOptions.For(model.Device, s.SmoaForm));
         var definitions = CreateAdapters(s, view, registry, log, out double layoutSeconds, out double registerSeconds);
         try
         {
@@ -99,6 +102,7 @@ public sealed class BenchCommand : ICommand
                 ["adapter_kind"] = s.Kind == AdapterKind.Smoa ? "smoa" : "lora",
                 ["r"] = s.R,
                 ["num_blocks"] = s.Kind == AdapterKind.Smoa ? s.K : null,
+                ["smoa_form"] = s.Kind == AdapterKind.Smoa ? registry.Options.SmoaForm.ToString().ToLowerInvariant() : null,
                 ["target_modules"] = s.Targets.Select(ProjectionNames.ModuleName).ToArray(),
                 ["adapters"] = s.Adapters,
                 ["batch"] = s.Batch,
@@ -189,7 +193,8 @@ public sealed class BenchCommand : ICommand
 
     private sealed record Settings(
         string? ModelDir, string? Synthetic, AdapterKind Kind, int R, int K, IReadOnlyList<Projection> Targets, int Adapters,
-        int Batch, int Steps, int PromptLen, int Warmup, int Rounds, double Alpha, string? DataDir, int Seed, bool Json, bool NoSwap, bool RandomLayout)
+        int Batch, int Steps, int PromptLen, int Warmup, int Rounds, double Alpha, string? DataDir, int Seed, bool Json, bool NoSwap, bool RandomLayout,
+        SmoaForm? SmoaForm)
     {
         public static Settings From(CliArgs a)
         {
@@ -216,7 +221,8 @@ public sealed class BenchCommand : ICommand
                 Positive("adapters", null, 4096), Positive("batch", null, 4096), Positive("steps", null, 100_000),
                 Positive("prompt-len", 16, 100_000), a.GetInt("warmup", 4) is var w and >= 0 ? w : throw new UsageException("--warmup must be >= 0"),
                 Positive("rounds", 2, 100), a.GetDouble("alpha", 2.0 * r), a.Get("data"), a.GetInt("seed", 1), a.Flag("json"), a.Flag("no-swap"),
-                a.Flag("random-layout") && !a.Has("model") ? true : a.Flag("random-layout") ? throw new UsageException("--random-layout is for --synthetic models") : false);
+                a.Flag("random-layout") && !a.Has("model") ? true : a.Flag("random-layout") ? throw new UsageException("--random-layout is for --synthetic models") : false,
+                ModelOptions.SmoaForm(a));
         }
     }
 

@@ -42,10 +42,11 @@ internal static class AdapterCliHook
     [ModuleInitializer]
     internal static void Install() => ModelOptions.AdapterSourceFactory ??= LoadSingleAdapter;
 
-    private static (Engine.Model.IAdapterSource, string) LoadSingleAdapter(Engine.Model.LlamaModel model, string directory)
+    private static (Engine.Model.IAdapterSource, string) LoadSingleAdapter(Engine.Model.LlamaModel model, string directory, SmoaForm? form)
     {
         var view = BaseModelView.From(model);
-        var registry = new AdapterRegistry(view, new LayoutStore(view, Environment.GetEnvironmentVariable("SMOA_DATA_DIR") is { Length: > 0 } d ? d : null));
+        var registry = new AdapterRegistry(view, new LayoutStore(view, Environment.GetEnvironmentVariable("SMOA_DATA_DIR") is { Length: > 0 } d ? d : null),
+            AdapterRegistryOptions.For(model.Device, form));
         string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory)));
         string id = System.Text.RegularExpressions.Regex.IsMatch(name, "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$") ? name : "adapter";
         registry.Load(id, directory);

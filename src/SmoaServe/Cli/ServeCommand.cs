@@ -16,6 +16,7 @@ public sealed class ServeCommand : ICommand
           --data DIR                data directory: SMoA layout cache (default ./data)
           --device cpu|cuda         (default cpu)
           --dtype float32|bfloat16|float16   compute dtype (default: float32 on CPU, bfloat16 on CUDA)
+          --smoa-form anchored|folded   how SMoA adapters are applied (default: anchored on CPU, folded on CUDA)
           --adapter NAME=DIR        preload an adapter (repeatable)
           --adapters-dir DIR        every sub-directory is served under its name, watched for changes (default ./adapters)
           --max-running N           KV slots = most sequences in the running batch (default 16)
@@ -36,7 +37,7 @@ public sealed class ServeCommand : ICommand
         ("model", "Model"), ("served-model-name", "ServedModelName"), ("urls", "Urls"), ("data", "Data"), ("device", "Device"),
         ("dtype", "Dtype"), ("adapters-dir", "AdaptersDir"), ("max-running", "MaxRunning"), ("max-batched-tokens", "MaxBatchedTokens"),
         ("max-prefill-chunk", "MaxPrefillChunk"), ("max-queued", "MaxQueued"), ("max-model-len", "MaxModelLen"),
-        ("log-format", "LogFormat"),
+        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"),
     ];
 
     public int Run(string[] args)

@@ -27,14 +27,16 @@ public static class EngineModel
         if (options.MaxRunning < 1) throw new ArgumentException($"max running sequences must be >= 1 (got {options.MaxRunning})");
         var loadOptions = new ModelLoadOptions(TorchRuntime.ResolveDevice(options.Device),
             options.Dtype is { } dt ? TorchRuntime.ParseDtype(dt) : null);
+        var registryOptions = AdapterRegistryOptions.For(loadOptions.ResolvedDevice, AdapterRegistryOptions.ParseForm(options.SmoaForm));
         return new ModelSpec
         {
             Tokenizer = tokenizer,
             ChatTemplate = ChatTemplates.Load(dir),
             EosTokenIds = eos,
-            CreateBackend = () => new EngineBackend(dir, loadOptions, options.MaxRunning, maxLen, DataDirectory(options)),
+            CreateBackend = () => new EngineBackend(dir, loadOptions, registryOptions, options.MaxRunning, maxLen, DataDirectory(options)),
         };
     }
+
 
     /// <summary>Where SMoA layouts are cached (one SVD per layer × module × K, reused across restarts): --data, else ./data.</summary>
     public static string DataDirectory(SmoaOptions options) => Path.GetFullPath(options.Data ?? "data");
@@ -47,13 +49,13 @@ internal sealed class EngineBackend : IModelBackend
     private readonly AdapterRegistry _registry;
     private readonly ModelRunner _runner;
 
-    public EngineBackend(string dir, ModelLoadOptions loadOptions, int slots, int maxLen, string dataDirectory)
+    public EngineBackend(string dir, ModelLoadOptions loadOptions, AdapterRegistryOptions registryOptions, int slots, int maxLen, string dataDirectory)
     {
         _model = LlamaModel.Load(dir, loadOptions);
         try
         {
             var view = BaseModelView.From(_model);
-            _registry = new AdapterRegistry(view, new Engine.Adapters.Smoa.LayoutStore(view, dataDirectory));
+            _registry = new AdapterRegistry(view, new Engine.Adapters.Smoa.LayoutStore(view, dataDirectory), registryOptions);
             _runner = new ModelRunner(_model, slots, maxLen, _registry);
         }
         catch

@@ -19,6 +19,8 @@ public sealed class SmoaOptions
     public string Device { get; set; } = "cpu";
     /// <summary>float32 / bfloat16 / float16; null = the runner's default.</summary>
     public string? Dtype { get; set; }
+    /// <summary>"anchored" / "folded" (see Engine.Adapters.SmoaForm); null = the device's default.</summary>
+    public string? SmoaForm { get; set; }
     /// <summary>Adapters preloaded by name → directory (--adapter NAME=DIR).</summary>
     public Dictionary<string, string> Adapters { get; set; } = new();
     /// <summary>Every sub-directory is served under its name and watched; default ./adapters.</summary>

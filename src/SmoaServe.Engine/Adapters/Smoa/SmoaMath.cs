@@ -7,8 +7,11 @@ namespace SmoaServe.Engine.Adapters.Smoa;
 /// The SMoA math of docs/smoa-spec.md in one place:
 ///   layout  — <see cref="SpectralOrder"/> (steps 1-3, used by <see cref="SmoaLayout.Compute"/>), <see cref="SplitRanks"/> (step 5);
 ///   merge   — <see cref="DenseDelta"/>: ΔW[R_k, C_k] = scale · (B_k A_k) ⊙ W[R_k, C_k], zero elsewhere (step 6);
-///   serving — <see cref="BatchedDelta"/>: ΔW x for a batch whose rows use different adapters, via the shared-anchor
-///             identity ((B A) ⊙ M) x = Σ_j b_j ⊙ (M (a_j ⊙ x)) — one GEMM per block for all rows, no ΔW formed.
+///   serving, anchored form (CPU) — <see cref="AddBatchedDelta"/>: ΔW x for a batch whose rows use different adapters,
+///             via the shared-anchor identity ((B A) ⊙ M) x = Σ_j b_j ⊙ (M (a_j ⊙ x)) — one GEMM per block for all rows;
+///   serving, folded form (GPU) — <see cref="FoldFactors"/>: SMoA is HiRA with block-sparse factors, ΔW = (B' A') ⊙ W
+///             with A' = the A_k placed in columns C_k and B' = the B_k placed in rows R_k, so a decode step needs no
+///             anchors, permutations or per-block work: <see cref="FoldedDecodeDelta"/> is one GEMM with the whole W.
 /// </summary>
 public static class SmoaMath
 {
@@ -109,5 +112,60 @@ public static class SmoaMath
         var o = bmm(xk, blocksT.view(k * n, cmax, rmax)).view(k, n, t, rmax);                      // [K, n, T, Rmax]
         var flat = o.permute(1, 2, 0, 3).reshape(rows, k * rmax);                                  // [n·T, K·Rmax]
         return y.reshape(rows, m).scatter_add(1, rowIndex.expand(rows, k * rmax), flat).view(n, t, m);
+    }
+
+    /// <summary>
+    /// The block factors placed into full-size HiRA factors (every block's ranks one after another):
+    ///   A' [r, n]: row (k, j) = A_k[j] at columns C_k, zero elsewhere;
+    ///   scale·B'ᵀ [r, m]: row (k, j) = scale · B_k[:, j] at rows R_k, zero elsewhere.
+    /// Then (B' A')[i, c] = Σ_k Σ_j B_k[i, j] A_k[j, c] is non-zero only on the blocks R_k × C_k, so (B' A') ⊙ W · scale is
+    /// exactly the <see cref="DenseDelta"/> of the spec.
+    /// </summary>
+    /// <returns>A' and scale·B'ᵀ in the dtype and on the device of the factors</returns>
+    public static (Tensor A, Tensor Bt) FoldFactors(SmoaLayout layout, IReadOnlyList<Tensor?> a, IReadOnlyList<Tensor?> b, double scale)
+    {
+        using var scope = NewDisposeScope();
+        var first = a.First(t => t is not null)!;
+        long r = a.Where(t => t is not null).Sum(t => t!.shape[0]);
+        var foldedA = zeros(r, layout.InFeatures, dtype: first.dtype, device: first.device);    // [r, n]
+        var foldedBt = zeros(r, layout.OutFeatures, dtype: first.dtype, device: first.device);  // [r, m]
+        long offset = 0;
+        for (int k = 0; k < layout.K; k++)
+        {
+            if (a[k] is null || b[k] is null) continue;
+            long rk = a[k]!.shape[0];
+            foldedA.narrow(0, offset, rk).index_copy_(1, tensor(layout.Cols[k], device: first.device), a[k]!);
+            foldedBt.narrow(0, offset, rk).index_copy_(1, tensor(layout.Rows[k], device: first.device), b[k]!.t() * scale);
+            offset += rk;
+        }
+        return (foldedA.MoveToOuterDisposeScope(), foldedBt.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// ΔW x for one token per row, each row with its own folded factors, through the HiRA identity
+    /// ((B' A') ⊙ W) x = Σ_j b'_j ⊙ (W (a'_j ⊙ x)): all rows' and ranks' inputs go through ONE GEMM with the frozen W.
+    /// </summary>
+    /// <param name="x">[n, 1, in]</param>
+    /// <param name="a">A' per row [n, r, in]</param>
+    /// <param name="bt">scale·B'ᵀ per row [n, r, out]</param>
+    /// <param name="w">W [out, in]</param>
+    /// <returns>ΔW x [n, 1, out]</returns>
+    public static Tensor FoldedDecodeDelta(Tensor x, Tensor a, Tensor bt, Tensor w)
+    {
+        var u = x * a;                                    // [n, r, in]: a'_j ⊙ x
+        var z = nn.functional.linear(u, w);               // [n, r, out]: W (a'_j ⊙ x)
+        return (z * bt).sum(1, keepdim: true);            // [n, 1, out]: Σ_j b'_j ⊙ (...)
+    }
+
+    /// <summary>
+    /// ΔW x for rows with several tokens (prefill): each row's ΔWᵀ = ((B' A') ⊙ W)ᵀ is formed transiently and applied to
+    /// its T tokens — (r + T)·out·in multiply-adds per row instead of T·r·out·in.
+    /// </summary>
+    /// <param name="x">[n, T, in]</param>
+    /// <returns>ΔW x [n, T, out]</returns>
+    public static Tensor FoldedDenseDelta(Tensor x, Tensor a, Tensor bt, Tensor w)
+    {
+        var deltaT = bmm(a.transpose(1, 2), bt) * w.t();  // [n, in, out]: (B' A')ᵀ ⊙ Wᵀ
+        return bmm(x, deltaT);                            // [n, T, out]
     }
 }
