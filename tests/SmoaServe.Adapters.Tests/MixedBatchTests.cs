@@ -8,12 +8,14 @@ namespace SmoaServe.Adapters.Tests;
 public class MixedBatchTests
 {
     [Theory]
-    [InlineData(SmoaForm.Anchored)]
-    [InlineData(SmoaForm.Folded)]
-    public void EachRowGetsItsOwnAdapter(SmoaForm form)
+    [InlineData(SmoaForm.Anchored, 1L << 27)]
+    [InlineData(SmoaForm.Folded, 1L << 27)]
+    [InlineData(SmoaForm.Folded, 1L)]           // folded prefill one row at a time
+    public void EachRowGetsItsOwnAdapter(SmoaForm form, long foldedPrefillMaxElements)
     {
         var model = TestModels.LlamaA;
-        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = form });
+        using var registry = new AdapterRegistry(BaseModelView.From(model),
+            options: new AdapterRegistryOptions { SmoaForm = form, FoldedPrefillMaxElements = foldedPrefillMaxElements });
         foreach (var a in TestModels.FixtureAdapters) registry.Load(a, TestModels.AdapterDir(a));
         string?[] rows = ["smoa-adapter", "lora-adapter", null, "smoa-adapter-layout", "smoa-adapter", null];
 

@@ -182,11 +182,11 @@ internal enum GroupForm
 /// <param name="partRanks">rank of each part (0: the adapters of this bank do not target it)</param>
 /// <param name="partOuts">output features of each part (the group's output is their concatenation)</param>
 /// <param name="groupWeight">W of the group [Σout, in] (Hadamard form; owned by the model)</param>
-internal sealed class GroupBank(GroupForm form, int[] partRanks, int inFeatures, int[] partOuts, Tensor? groupWeight, ScalarType dtype, Device device) : FactorBank
+/// <param name="denseMaxElements">prefill (Hadamard form): rows whose transient ΔWᵀ are formed at once hold at most this
+/// many elements together (at least one row)</param>
+internal sealed class GroupBank(GroupForm form, int[] partRanks, int inFeatures, int[] partOuts, Tensor? groupWeight,
+    long denseMaxElements, ScalarType dtype, Device device) : FactorBank
 {
-    /// <summary>Rows that the prefill (dense) form may expand to ΔWᵀ at once: bounds its transient to this many elements.</summary>
-    public const long DenseMaxElements = 1L << 27;
-
     private Tensor? _a, _bt;
     private readonly int _sumRanks = partRanks.Sum();
     private readonly int _sumOuts = partOuts.Sum();
@@ -227,7 +227,7 @@ internal sealed class GroupBank(GroupForm form, int[] partRanks, int inFeatures,
             return bmm(bmm(x, f.A.transpose(1, 2)), f.Bt);                              // B' (A' x): [n, T, Σr] → [n, T, Σout]
         long n = x.shape[0], t = x.shape[1];
         if (t == 1) return SmoaMath.FoldedDecodeDelta(x, f.A, f.Bt, groupWeight!);
-        long rowsPerChunk = Math.Max(1, DenseMaxElements / ((long)inFeatures * _sumOuts));
+        long rowsPerChunk = Math.Max(1, denseMaxElements / ((long)inFeatures * _sumOuts));
         if (n <= rowsPerChunk) return SmoaMath.FoldedDenseDelta(x, f.A, f.Bt, groupWeight!);
         var chunks = new List<Tensor>();
         for (long start = 0; start < n; start += rowsPerChunk)

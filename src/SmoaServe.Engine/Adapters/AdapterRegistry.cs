@@ -39,6 +39,8 @@ public sealed record AdapterRegistryOptions
     public SmoaForm SmoaForm { get; init; } = SmoaForm.Anchored;
     /// <summary>Per cached batch plan, device bytes it may keep of its rows' gathered factors (reused by every decode step).</summary>
     public long PlanCacheBytes { get; init; } = 64L << 20;
+    /// <summary>Folded SMoA prefill: elements of the transient per-row ΔWᵀ formed at once (rows are processed in chunks).</summary>
+    public long FoldedPrefillMaxElements { get; init; } = 1L << 27;
 
     public static AdapterRegistryOptions For(Device device, SmoaForm? form = null) => device.type == DeviceType.CUDA
         ? new() { SmoaForm = form ?? SmoaForm.Folded, PlanCacheBytes = 2L << 30 }
@@ -271,7 +273,7 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
             var key = (layer, group, form, string.Join(",", ranks));
             if (!_groupBanks.TryGetValue(key, out bank!))
                 _groupBanks[key] = bank = new GroupBank(form, ranks, inFeatures, outs,
-                    form == GroupForm.Hadamard ? GroupWeightOf(layer, group) : null, Model.DType, Model.Device);
+                    form == GroupForm.Hadamard ? GroupWeightOf(layer, group) : null, Options.FoldedPrefillMaxElements, Model.DType, Model.Device);
             slot = bank.AllocateSlot();
         }
         try { bank.Write(slot, written); }
