@@ -107,6 +107,25 @@ public sealed class FakeRunner : IModelRunner
         return Logits(_slots[slot], adapterId);
     }
 
+    /// <summary>Like the real runner: one call for all rows, and a failed call changes no slot.</summary>
+    public float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows)
+    {
+        CheckThread();
+        Log.Enqueue($"B{rows.Count}");
+        PrefillEntered.Set();
+        PrefillGate?.Wait();
+        if (StepDelay > TimeSpan.Zero) Thread.Sleep(StepDelay);
+        if (rows.Select(r => r.Slot).Distinct().Count() != rows.Count) throw new InvalidOperationException("duplicate slot in a prefill batch");
+        if (rows.Any(r => r.AdapterId is not null && r.AdapterId == FailOnAdapter)) throw new InvalidOperationException("injected failure");
+        foreach (var r in rows)
+            if (r.StartPosition != _slots[r.Slot].Count) throw new InvalidOperationException($"slot {r.Slot}: prefill at {r.StartPosition}, holds {_slots[r.Slot].Count}");
+        return rows.Select(r =>
+        {
+            _slots[r.Slot].AddRange(r.Tokens);
+            return Logits(_slots[r.Slot], r.AdapterId);
+        }).ToArray();
+    }
+
     public float[][] Decode(IReadOnlyList<DecodeRow> rows)
     {
         CheckThread();

@@ -185,6 +185,42 @@ public class SchedulerTests
     }
 
     [Fact]
+    public async Task Waiting_prompts_are_prefilled_together_in_one_batch()
+    {
+        var runner = new FakeRunner(slots: 4) { PrefillGate = new SemaphoreSlim(0) };
+        runner.Adapters.Add("x");
+        using var s = Start(runner);
+        var first = s.Submit(Greedy(Prompt(4), 3));
+        Assert.True(runner.PrefillEntered.Wait(Timeout));             // the model thread is inside the first prefill
+        var others = new[] { s.Submit(Greedy(Prompt(5, 1), 3, "x")), s.Submit(Greedy(Prompt(7, 2), 3)), s.Submit(Greedy(Prompt(3, 3), 3, "x")) };
+        runner.PrefillGate.Release(1000);
+        Assert.Equal(Expected(Prompt(4), 3), (await Collect(first)).Tokens);
+        Assert.Equal(Expected(Prompt(5, 1), 3, "x"), (await Collect(others[0])).Tokens);
+        Assert.Equal(Expected(Prompt(7, 2), 3), (await Collect(others[1])).Tokens);
+        Assert.Equal(Expected(Prompt(3, 3), 3, "x"), (await Collect(others[2])).Tokens);
+        Assert.Contains("B3", runner.Log);                               // the three waiting prompts in one forward
+    }
+
+    [Fact]
+    public async Task A_failed_prefill_batch_is_retried_row_by_row()
+    {
+        var runner = new FakeRunner(slots: 4) { PrefillGate = new SemaphoreSlim(0), FailOnAdapter = "bad" };
+        runner.Adapters.Add("bad");
+        using var s = Start(runner);
+        var first = s.Submit(Greedy(Prompt(4), 3));
+        Assert.True(runner.PrefillEntered.Wait(Timeout));
+        var good1 = s.Submit(Greedy(Prompt(5, 1), 3));
+        var bad = s.Submit(Greedy(Prompt(6, 2), 3, "bad"));
+        var good2 = s.Submit(Greedy(Prompt(3, 3), 3));
+        runner.PrefillGate.Release(1000);
+        Assert.Equal(Expected(Prompt(4), 3), (await Collect(first)).Tokens);
+        Assert.Equal(Expected(Prompt(5, 1), 3), (await Collect(good1)).Tokens);
+        Assert.Equal(FinishReason.Error, (await Collect(bad)).End.Finish);
+        Assert.Equal(Expected(Prompt(3, 3), 3), (await Collect(good2)).Tokens);
+        Assert.Contains("B3", runner.Log);
+    }
+
+    [Fact]
     public async Task A_runner_failure_fails_only_its_requests()
     {
         var runner = new FakeRunner { FailOnAdapter = "bad" };

@@ -48,6 +48,26 @@ public sealed class KvCache : IDisposable
     /// <param name="firstSlot">when the rows' slots are firstSlot, firstSlot+1, ... the read is a view, not a gather</param>
     public IKvAccess ForDecode(Tensor slots, Tensor positions, int length, int? firstSlot) => new DecodeAccess(this, slots, positions, length, firstSlot);
 
+    /// <summary>Prefill of B rows padded to T tokens: row b writes positions[b, :] of slots[b] and reads keys 0..length-1.</summary>
+    /// <param name="slots">int64 [B, 1] on the cache's device</param>
+    /// <param name="positions">int64 [B, T] on the cache's device (every one below the slot length)</param>
+    public IKvAccess ForBatchPrefill(Tensor slots, Tensor positions, int length) => new BatchPrefillAccess(this, slots, positions, length);
+
+    private sealed class BatchPrefillAccess(KvCache cache, Tensor slots, Tensor positions, int length) : IKvAccess
+    {
+        public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
+        {
+            return (Write(cache._k[layer], k), Write(cache._v[layer], v));
+
+            Tensor Write(Tensor store, Tensor fresh)
+            {
+                // store[slots[b], :, positions[b, t], :] = fresh[b, :, t, :]
+                store.index_put_(fresh.transpose(1, 2), [TensorIndex.Tensor(slots), TensorIndex.Colon, TensorIndex.Tensor(positions)]);
+                return store.narrow(2, 0, length).index_select(0, slots.view(-1));   // [B, NKV, L, D]
+            }
+        }
+    }
+
     private sealed class PrefillAccess(KvCache cache, int slot, int start) : IKvAccess
     {
         public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)

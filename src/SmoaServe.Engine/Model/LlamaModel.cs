@@ -163,14 +163,18 @@ public sealed class LlamaModel : IDisposable
         return Forward(inputIds, state).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Forward with an explicit state (KV cache, masks); <paramref name="lastTokenOnly"/> computes logits of the last position only.</summary>
+    /// <summary>
+    /// Forward with an explicit state (KV cache, masks); <paramref name="lastTokenOnly"/> computes logits of the last
+    /// position only, <paramref name="outputPositions"/> (int64 [B]) of one chosen position per row.
+    /// </summary>
     /// <returns>logits [B, T or 1, vocab] in the compute dtype</returns>
-    public Tensor Forward(Tensor inputIds, ForwardState state, bool lastTokenOnly = false)
+    public Tensor Forward(Tensor inputIds, ForwardState state, bool lastTokenOnly = false, Tensor? outputPositions = null)
     {
         CheckIds(inputIds);
         var h = Embed(inputIds);                   // [B, T, hidden]
         foreach (var layer in Layers) h = layer.Forward(h, state);
-        if (lastTokenOnly) h = h.narrow(1, h.shape[1] - 1, 1);
+        if (outputPositions is not null) h = h.gather(1, outputPositions.view(-1, 1, 1).expand(h.shape[0], 1, h.shape[2]));   // [B, 1, hidden]
+        else if (lastTokenOnly) h = h.narrow(1, h.shape[1] - 1, 1);
         h = Norm.Forward(h);
         return F.linear(h, LmHead);                 // [B, T, vocab]
     }

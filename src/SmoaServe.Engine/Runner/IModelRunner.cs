@@ -3,6 +3,9 @@ namespace SmoaServe.Engine.Runner;
 /// <summary>One row of a batched decode step: the sequence in KV slot <see cref="Slot"/> feeds <see cref="Token"/> at <see cref="Position"/>.</summary>
 public readonly record struct DecodeRow(int Slot, int Token, int Position, string? AdapterId);
 
+/// <summary>One row of a batched prefill: <see cref="Tokens"/> go into KV slot <see cref="Slot"/> from <see cref="StartPosition"/> on.</summary>
+public readonly record struct PrefillRow(int Slot, int[] Tokens, int StartPosition, string? AdapterId);
+
 /// <summary>
 /// The model runner as seen by the scheduler and the command line: token ids in, float logits out. No tensors cross
 /// this boundary. All calls must come from one thread (the runner's owner); implementations use TorchSharp inside.
@@ -24,6 +27,12 @@ public interface IModelRunner : IDisposable
     /// Returns the logits of the last token [vocab].
     /// </summary>
     float[] Prefill(int slot, ReadOnlySpan<int> tokens, int startPosition, string? adapterId);
+
+    /// <summary>
+    /// Prefill chunks of several sequences (distinct slots, any adapters) in one forward where the runner can; returns
+    /// each row's last-token logits [rows][vocab]. After an exception every row may be prefilled again from its start.
+    /// </summary>
+    float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows) => rows.Select(r => Prefill(r.Slot, r.Tokens, r.StartPosition, r.AdapterId)).ToArray();
 
     /// <summary>One decode step for all rows at once (rows may use different adapters). Returns logits [rows][vocab].</summary>
     float[][] Decode(IReadOnlyList<DecodeRow> rows);

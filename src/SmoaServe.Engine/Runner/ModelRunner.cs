@@ -70,6 +70,72 @@ public sealed class ModelRunner : IModelRunner
         return HostRows(logits.reshape(1, -1), 1)[0];
     }
 
+    /// <summary>
+    /// Several prefill chunks in one forward: rows padded to the longest chunk (padding tokens write KV entries past the
+    /// row's end, never attended and overwritten by its next tokens), each row attends to its own slot's keys up to its
+    /// own position. Rows whose padding would run past the slot's end are prefilled on their own.
+    /// </summary>
+    public float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows)
+    {
+        if (rows.Count == 0) return [];
+        var seen = new HashSet<int>();
+        foreach (var r in rows)
+        {
+            CheckSlot(r.Slot);
+            if (!seen.Add(r.Slot)) throw new ArgumentException($"slot {r.Slot} appears twice in one prefill batch");
+            if (r.Tokens.Length == 0) throw new ArgumentException("prefill needs at least one token");
+            if (r.StartPosition < 0 || r.StartPosition > _lengths[r.Slot])
+                throw new ArgumentOutOfRangeException(nameof(rows), $"slot {r.Slot} holds {_lengths[r.Slot]} tokens; prefill cannot start at {r.StartPosition}");
+            if (r.StartPosition + r.Tokens.Length > MaxSequenceLength)
+                throw new ArgumentException($"sequence of {r.StartPosition + r.Tokens.Length} tokens exceeds the runner's maximum of {MaxSequenceLength}");
+            CheckTokens(r.Tokens);
+        }
+        int t = rows.Max(r => r.Tokens.Length);
+        var batched = rows.Where(r => r.StartPosition + t <= MaxSequenceLength).ToList();
+        if (batched.Count <= 1) return rows.Select(r => Prefill(r.Slot, r.Tokens, r.StartPosition, r.AdapterId)).ToArray();
+
+        float[][] batchedLogits = PrefillPadded(batched, t);
+        var result = new float[rows.Count][];
+        for (int i = 0, j = 0; i < rows.Count; i++)
+            result[i] = rows[i].StartPosition + t <= MaxSequenceLength ? batchedLogits[j++] : Prefill(rows[i].Slot, rows[i].Tokens, rows[i].StartPosition, rows[i].AdapterId);
+        return result;
+    }
+
+    private float[][] PrefillPadded(IReadOnlyList<PrefillRow> rows, int t)
+    {
+        var adapters = CreateAdapterBatch(rows.Select(r => r.AdapterId).ToList());
+        int b = rows.Count;
+        int length = rows.Max(r => r.StartPosition) + t;                                                   // keys read per row
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var ids = new long[b * t];
+        var positions = new long[b * t];
+        for (int i = 0; i < b; i++)
+            for (int j = 0; j < t; j++)
+            {
+                ids[i * t + j] = j < rows[i].Tokens.Length ? rows[i].Tokens[j] : 0;                         // padding: any valid id
+                positions[i * t + j] = rows[i].StartPosition + j;
+            }
+        var idsT = ToDevice(ids).view(b, t);                                                                // [B, T]
+        var positionsT = ToDevice(positions).view(b, t);                                                    // [B, T]
+        var slots = ToDevice(rows.Select(r => (long)r.Slot).ToArray()).view(b, 1);                         // [B, 1]
+        var lastIndex = ToDevice(rows.Select(r => (long)r.Tokens.Length - 1).ToArray());                   // [B]
+        var (cos, sin) = _model.Rotary.CosSin(positionsT, _model.Dtype);
+        var keys = torch.arange(length, dtype: ScalarType.Int64, device: _model.Device);                    // [L]
+        var mask = keys.view(1, 1, length).le(positionsT.unsqueeze(-1)).unsqueeze(1);                        // [B, 1, T, L]: key ≤ query position
+        var state = new ForwardState
+        {
+            Cos = cos, Sin = sin,
+            Mask = mask,
+            Cache = _cache.ForBatchPrefill(slots, positionsT, length),
+            Adapters = adapters,
+        };
+        var logits = _model.Forward(idsT, state, outputPositions: lastIndex).reshape(b, VocabSize);           // [B, V]
+        var host = HostRows(logits, b);
+        foreach (var r in rows) _lengths[r.Slot] = r.StartPosition + r.Tokens.Length;
+        return host;
+    }
+
     public float[][] Decode(IReadOnlyList<DecodeRow> rows)
     {
         if (rows.Count == 0) return [];

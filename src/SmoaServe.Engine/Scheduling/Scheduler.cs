@@ -246,14 +246,16 @@ public sealed class Scheduler : IDisposable
         // at least one prefill token per step, so prompts progress even when decode rows fill the budget
         int budget = Math.Max(_options.MaxBatchedTokens - decoding.Count, 1);
         int prefillTokens = 0;
-        foreach (var seq in _running.Where(s => s.Prefilled < s.PromptLength).ToList())
+        var chunks = new List<(Sequence Seq, int Tokens)>();
+        foreach (var seq in _running.Where(s => s.Prefilled < s.PromptLength))
         {
             if (budget <= 0) break;
             int n = Math.Min(Math.Min(seq.PromptLength - seq.Prefilled, _options.MaxPrefillChunk), budget);
-            PrefillChunk(seq, n);
+            chunks.Add((seq, n));
             budget -= n;
             prefillTokens += n;
         }
+        if (chunks.Count > 0) PrefillStep(chunks);
         RunningCount = _running.Count;
         _metrics?.OnStep(_running.Count, QueueDepth, decoding.Count, prefillTokens);
     }
@@ -297,6 +299,38 @@ public sealed class Scheduler : IDisposable
         }
     }
 
+    /// <summary>This step's prefill chunks in one batched forward; if that fails, each chunk alone (isolates a bad row).</summary>
+    private void PrefillStep(List<(Sequence Seq, int Tokens)> chunks)
+    {
+        if (chunks.Count > 1)
+        {
+            float[][] logits;
+            try
+            {
+                logits = _runner!.PrefillBatch(chunks.Select(c => new PrefillRow(c.Seq.Slot, ChunkIds(c.Seq, c.Tokens), c.Seq.Prefilled, c.Seq.Request.AdapterId)).ToList());
+                if (logits.Length != chunks.Count) throw new InvalidOperationException($"the runner returned {logits.Length} rows for {chunks.Count}");
+            }
+            catch (Exception)
+            {
+                logits = [];
+            }
+            if (logits.Length == chunks.Count)
+            {
+                for (int i = 0; i < chunks.Count; i++) Prefilled(chunks[i].Seq, chunks[i].Tokens, logits[i]);
+                return;
+            }
+        }
+        foreach (var (seq, n) in chunks) PrefillChunk(seq, n);
+    }
+
+    private static int[] ChunkIds(Sequence seq, int n) => seq.Request.PromptIds.Skip(seq.Prefilled).Take(n).ToArray();
+
+    private void Prefilled(Sequence seq, int n, float[] logits)
+    {
+        seq.Prefilled += n;
+        if (seq.Prefilled == seq.PromptLength) Accept(seq, logits);
+    }
+
     private void PrefillChunk(Sequence seq, int n)
     {
         float[] logits;
@@ -312,8 +346,7 @@ public sealed class Scheduler : IDisposable
             Finish(seq, FinishReason.Error, "prefill failed: " + e.Message);
             return;
         }
-        seq.Prefilled += n;
-        if (seq.Prefilled == seq.PromptLength) Accept(seq, logits);
+        Prefilled(seq, n, logits);
     }
 
     /// <summary>Samples the next token from a row of logits, emits it, and ends the sequence on a stop id or length.</summary>

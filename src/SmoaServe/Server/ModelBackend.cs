@@ -34,6 +34,7 @@ internal sealed class OwnedRunner(IModelBackend backend) : IModelRunner
     public int SlotCount => _inner.SlotCount;
     public bool HasAdapter(string? adapterId) => _inner.HasAdapter(adapterId);
     public float[] Prefill(int slot, ReadOnlySpan<int> tokens, int startPosition, string? adapterId) => _inner.Prefill(slot, tokens, startPosition, adapterId);
+    public float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows) => _inner.PrefillBatch(rows);
     public float[][] Decode(IReadOnlyList<DecodeRow> rows) => _inner.Decode(rows);
     public void FreeSlot(int slot) => _inner.FreeSlot(slot);
     public void Dispose() => backend.Dispose();
