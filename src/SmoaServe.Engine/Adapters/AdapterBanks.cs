@@ -146,7 +146,7 @@ internal sealed class SmoaBank(SmoaAnchors anchors, int rankPad, ScalarType dtyp
     /// when its transient is still smaller than the shared-anchor form's ([K, n·T·rpad, Cmax + Rmax]).</summary>
     public const long BlockwiseMaxElements = 1L << 26;
 
-    /// <summary>y + ΔW x for n rows whose factors were gathered: x [n, T, in], y [n, T, out] → [n, T, out].</summary>
+    /// <summary>y += ΔW x for n rows whose factors were gathered: x [n, T, in], y [n, T, out] (in place; returns y).</summary>
     public Tensor AddDelta(Tensor x, Tensor y, GatheredFactors f)
     {
         long n = x.shape[0], t = x.shape[1], k = Anchors.Layout.K;
@@ -228,14 +228,13 @@ internal sealed class GroupBank(GroupForm form, int[] partRanks, int inFeatures,
         long n = x.shape[0], t = x.shape[1];
         if (t == 1) return SmoaMath.FoldedDecodeDelta(x, f.A, f.Bt, groupWeight!);
         long rowsPerChunk = Math.Max(1, denseMaxElements / ((long)inFeatures * _sumOuts));
-        if (n <= rowsPerChunk) return SmoaMath.FoldedDenseDelta(x, f.A, f.Bt, groupWeight!);
         var chunks = new List<Tensor>();
         for (long start = 0; start < n; start += rowsPerChunk)
         {
             long len = Math.Min(rowsPerChunk, n - start);
             chunks.Add(SmoaMath.FoldedDenseDelta(x.narrow(0, start, len), f.A.narrow(0, start, len), f.Bt.narrow(0, start, len), groupWeight!));
         }
-        return cat(chunks.ToArray(), 0);
+        return chunks.Count == 1 ? chunks[0] : cat(chunks.ToArray(), 0);
     }
 
     public override long SlotBytes => (long)_sumRanks * (inFeatures + _sumOuts) * _a!.ElementSize;

@@ -228,8 +228,7 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
     private Placement PlaceAnchored(Target t, SmoaAnchors anchors, AdapterConfig config)
     {
         using var scope = NewDisposeScope();
-        var a = t.Factors.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
-        var b = t.Factors.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+        var (a, b) = OnModelDevice(t.Factors);
         int rankPad = Math.Max(1, config.BlockRanks.Max());
         SmoaBank bank;
         int slot;
@@ -257,8 +256,7 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         foreach (var t in targets)
         {
             int part = ProjectionGroups.Of(t.Projection).Part;
-            var a = t.Factors.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
-            var b = t.Factors.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray();
+            var (a, b) = OnModelDevice(t.Factors);
             var (foldedA, foldedBt) = t.Layout is { } layout
                 ? SmoaMath.FoldFactors(layout, a, b, config.Scaling)           // [r, in], [r, out]
                 : (a[0]!, b[0]!.t() * config.Scaling);                        // LoRA: A [r, in], scale·Bᵀ [r, out]
@@ -280,6 +278,10 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         catch { lock (_lock) bank.ReleaseSlot(slot); throw; }
         return new Placement(GroupIndex(layer, group), -1, bank, slot);
     }
+
+    /// <summary>A module's factors in the compute dtype on the model's device (into the caller's dispose scope).</summary>
+    private (Tensor?[] A, Tensor?[] B) OnModelDevice(ModuleFactors f) =>
+        (f.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray(), f.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray());
 
     /// <summary>The model's fused weight of a group (or, for views without one, a concatenated copy the registry keeps).</summary>
     private Tensor GroupWeightOf(int layer, ProjectionGroup group)
@@ -445,9 +447,10 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
                 else
                 {
                     var (offset, size) = g.PartColumns!.Value;
-                    var part = y.narrow(-1, offset, size);                                   // [B, T, out_p] (a view of y)
-                    var updated = ((SmoaBank)g.Bank).AddDelta(xs, g.Rows is null ? part : part.index_select(0, g.Rows), f);
-                    if (g.Rows is null) part.copy_(updated); else part.index_copy_(0, g.Rows, updated);
+                    var part = y.narrow(-1, offset, size);                                   // [B, T, out_p]: a view of y, updated in place
+                    var bank = (SmoaBank)g.Bank;
+                    if (g.Rows is null) bank.AddDelta(xs, part, f);
+                    else part.index_copy_(0, g.Rows, bank.AddDelta(xs, part.index_select(0, g.Rows), f));
                 }
             }
             return y.dtype == outDtype ? y : y.to(outDtype);

@@ -32,10 +32,10 @@ public sealed class BaseModelView
         Func<int, Projection, Tensor>? layoutWeight = null, Func<string>? fingerprint = null,
         Func<int, ProjectionGroup, Tensor>? groupWeight = null)
     {
-        _groupWeight = groupWeight;
         if (layerCount < 1) throw new ArgumentOutOfRangeException(nameof(layerCount));
         LayerCount = layerCount;
         _weight = weight;
+        _groupWeight = groupWeight;
         _layoutWeight = layoutWeight ?? weight;
         _shape = shape;
         _fingerprintSource = fingerprint;
@@ -102,7 +102,6 @@ public sealed class BaseModelView
 
     /// <summary>True when <see cref="GroupWeight"/> returns the model's own tensor (else a new one the caller owns).</summary>
     public bool OwnsGroupWeights => _groupWeight is not null;
-
 
     /// <summary>W [out, in] at checkpoint precision, for the SMoA layout's SVD.</summary>
     public Tensor LayoutWeight(int layer, Projection p) => _layoutWeight(layer, p);

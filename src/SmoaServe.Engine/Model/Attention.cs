@@ -23,10 +23,10 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
     {
         long b = x.shape[0], t = x.shape[1];
         var adapters = state.Adapters;
-        var qkv = ProjectQkv(x, adapters);                                    // [B, T, (NH+2NKV)*D]
+        var projected = qkv.Forward(x, adapters);                             // [B, T, (NH+2NKV)*D]
         long qkWidth = (numHeads + numKvHeads) * headDim;
-        var qkFlat = qkv.narrow(-1, 0, qkWidth);                              // [B, T, (NH+NKV)*D]: q and k side by side
-        var vFlat = qkv.narrow(-1, qkWidth, numKvHeads * headDim);            // [B, T, NKV*D]
+        var qkFlat = projected.narrow(-1, 0, qkWidth);                        // [B, T, (NH+NKV)*D]: q and k side by side
+        var vFlat = projected.narrow(-1, qkWidth, numKvHeads * headDim);      // [B, T, NKV*D]
         var qk = qkFlat.view(b, t, numHeads + numKvHeads, headDim).transpose(1, 2); // [B, NH+NKV, T, D]
         qk = RotaryEmbedding.Apply(qk, state.Cos, state.Sin);
         var q = qk.narrow(1, 0, numHeads);                                    // [B, NH, T, D]
@@ -38,8 +38,6 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
         var merged = attended.transpose(1, 2).reshape(b, t, numHeads * headDim);                                     // [B, T, NH*D]
         return o.Forward(merged, adapters);
     }
-
-    private Tensor ProjectQkv(Tensor x, IAdapterBatch? adapters) => qkv.Forward(x, adapters);
 
     /// <summary>Prefill: repeat each KV head for its query heads (HF repeat_kv), then SDPA.</summary>
     private Tensor RepeatedKvAttention(Tensor q, Tensor k, Tensor v, ForwardState state)

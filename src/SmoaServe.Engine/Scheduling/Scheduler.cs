@@ -336,10 +336,7 @@ public sealed class Scheduler : IDisposable
         float[] logits;
         try
         {
-            var ids = seq.Request.PromptIds;
-            var chunk = new int[n];
-            for (int i = 0; i < n; i++) chunk[i] = ids[seq.Prefilled + i];
-            logits = _runner!.Prefill(seq.Slot, chunk, seq.Prefilled, seq.Request.AdapterId);
+            logits = _runner!.Prefill(seq.Slot, ChunkIds(seq, n), seq.Prefilled, seq.Request.AdapterId);
         }
         catch (Exception e)
         {

@@ -77,7 +77,8 @@ public static class SmoaMath
     /// folded into Bt. Permutations use gather / scatter_add on the last dim (index_select there is slow on CPU).
     /// </summary>
     /// <param name="x">[n, T, in] in the compute dtype</param>
-    /// <param name="y">[n, T, m], W x of the same rows (not modified)</param>
+    /// <param name="y">[n, T, m], W x of the same rows: updated in place (a column slice of a wider output is fine)</param>
+    /// <returns>y</returns>
     /// <param name="anchorsT">M_kᵀ zero-padded, [K, Cmax, Rmax] (a transposed view is fine)</param>
     /// <param name="a">per-row A_k, zero-padded, [K, n, rpad, Cmax]</param>
     /// <param name="bt">per-row scale·B_kᵀ, zero-padded, [K, n, rpad, Rmax]</param>
@@ -92,7 +93,8 @@ public static class SmoaMath
         var z = bmm(u.reshape(k, rows * rpad, cmax), anchorsT);                                    // [K, n·T·rpad, Rmax]
         var zb = z.view(k, n, t, rpad, rmax) * bt.unsqueeze(2);                                    // [K, n, T, rpad, Rmax]
         var o = zb.permute(1, 2, 0, 3, 4).sum(3);                                                  // [n, T, K, Rmax] (contiguous)
-        return y.reshape(rows, m).scatter_add(1, rowIndex.expand(rows, k * rmax), o.reshape(rows, k * rmax)).view(n, t, m);
+        y.view(rows, m).scatter_add_(1, rowIndex.expand(rows, k * rmax), o.reshape(rows, k * rmax));
+        return y;
     }
 
     /// <summary>
@@ -101,7 +103,8 @@ public static class SmoaMath
     /// n·K·(rpad + T)·Rmax·Cmax multiply-adds instead of n·K·T·rpad·Rmax·Cmax. Never kept, never used for decode.
     /// </summary>
     /// <param name="x">[n, T, in]</param>
-    /// <param name="y">[n, T, m]</param>
+    /// <param name="y">[n, T, m]: updated in place, as in <see cref="AddBatchedDelta"/></param>
+    /// <returns>y</returns>
     public static Tensor AddBlockwiseDelta(Tensor x, Tensor y, Tensor anchorsT, Tensor a, Tensor bt, Tensor colIndex, Tensor rowIndex)
     {
         long n = x.shape[0], t = x.shape[1], rows = n * t, m = y.shape[2];
@@ -111,7 +114,8 @@ public static class SmoaMath
         var xk = xg.view(n, t, k, cmax).permute(2, 0, 1, 3).reshape(k * n, t, cmax);              // [K·n, T, Cmax]
         var o = bmm(xk, blocksT.view(k * n, cmax, rmax)).view(k, n, t, rmax);                      // [K, n, T, Rmax]
         var flat = o.permute(1, 2, 0, 3).reshape(rows, k * rmax);                                  // [n·T, K·Rmax]
-        return y.reshape(rows, m).scatter_add(1, rowIndex.expand(rows, k * rmax), flat).view(n, t, m);
+        y.view(rows, m).scatter_add_(1, rowIndex.expand(rows, k * rmax), flat);
+        return y;
     }
 
     /// <summary>
