@@ -8,10 +8,9 @@ ARG TORCH_BACKEND=cpu
 
 FROM mcr.microsoft.com/dotnet/sdk:10.0 AS build
 ARG TORCH_BACKEND
-RUN apt-get update && apt-get install -y --no-install-recommends g++ patchelf && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN dotnet publish src/SmoaServe -c Release -r linux-x64 --self-contained false -p:SmoaTorchBackend=${TORCH_BACKEND} -o /app
+RUN dotnet publish src/SmoaServe.Cli -c Release -r linux-x64 --self-contained false -p:SmoaTorchBackend=${TORCH_BACKEND} -o /app
 
 FROM mcr.microsoft.com/dotnet/aspnet:10.0 AS runtime-cpu
 WORKDIR /app

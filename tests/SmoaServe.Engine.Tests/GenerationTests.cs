@@ -2,7 +2,7 @@ using SmoaServe.Engine.Generation;
 using SmoaServe.Engine.Model;
 using SmoaServe.Engine.Runner;
 using SmoaServe.Text;
-using static SmoaServe.Engine.Tests.TestTensors;
+using static SmoaServe.Tests.TestTensors;
 
 namespace SmoaServe.Engine.Tests;
 
@@ -13,7 +13,7 @@ public sealed class SamplerTests
     [Fact]
     public void Greedy_takes_the_first_maximum()
     {
-        var s = new Sampler(new SamplingOptions());
+        var s = new Sampler(new SamplingParams());
         Assert.Equal(1, s.Sample(Logits));
     }
 
@@ -21,7 +21,7 @@ public sealed class SamplerTests
     public void Same_seed_gives_the_same_samples_and_different_seeds_differ()
     {
         var logits = Enumerable.Range(0, 50).Select(i => (float)Math.Sin(i)).ToArray();
-        int[] Run(int seed) { var s = new Sampler(new SamplingOptions(1.0, Seed: seed)); return Enumerable.Range(0, 40).Select(_ => s.Sample(logits)).ToArray(); }
+        int[] Run(int seed) { var s = new Sampler(new SamplingParams { Temperature = 1.0, Seed = seed }); return Enumerable.Range(0, 40).Select(_ => s.Sample(logits)).ToArray(); }
         Assert.Equal(Run(7), Run(7));
         Assert.NotEqual(Run(7), Run(8));
     }
@@ -29,7 +29,7 @@ public sealed class SamplerTests
     [Fact]
     public void Top_k_restricts_to_the_k_best()
     {
-        var s = new Sampler(new SamplingOptions(5.0, TopK: 2, Seed: 1));
+        var s = new Sampler(new SamplingParams { Temperature = 5.0, TopK = 2, Seed = 1 });
         var seen = Enumerable.Range(0, 200).Select(_ => s.Sample(Logits)).ToHashSet();
         Assert.Subset(new HashSet<int> { 1, 3 }, seen); // the two 3.0 logits
         Assert.Equal(2, seen.Count);
@@ -40,7 +40,7 @@ public sealed class SamplerTests
     {
         // probabilities 0.5, 0.3, 0.15, 0.05: p = 0.75 keeps the first two (0.5 < 0.75, 0.8 ≥ 0.75)
         float[] logits = [MathF.Log(0.5f), MathF.Log(0.3f), MathF.Log(0.15f), MathF.Log(0.05f)];
-        var s = new Sampler(new SamplingOptions(1.0, TopP: 0.75, Seed: 3));
+        var s = new Sampler(new SamplingParams { Temperature = 1.0, TopP = 0.75, Seed = 3 });
         var counts = new int[4];
         for (int i = 0; i < 4000; i++) counts[s.Sample(logits)]++;
         Assert.Equal(0, counts[2] + counts[3]);
@@ -57,14 +57,14 @@ public sealed class SamplerTests
 
         float kth = logits[sorted[9]];
         var topK = Enumerable.Range(0, logits.Length).Where(i => logits[i] >= kth).ToHashSet();   // the 10 best + ties
-        var k = new Sampler(new SamplingOptions(50.0, TopK: 10, Seed: 2));
+        var k = new Sampler(new SamplingParams { Temperature = 50.0, TopK = 10, Seed = 2 });
         Assert.Subset(topK, Enumerable.Range(0, 1000).Select(_ => k.Sample(logits)).ToHashSet());
 
         double max = logits.Max(), z = logits.Sum(l => Math.Exp(l - max)), mass = 0;
         int keep = 0;
         while (mass < 0.5 * z) mass += Math.Exp(logits[sorted[keep++]] - max);
         var topP = sorted[..keep].ToHashSet();
-        var p = new Sampler(new SamplingOptions(1.0, TopP: 0.5, Seed: 4));
+        var p = new Sampler(new SamplingParams { Temperature = 1.0, TopP = 0.5, Seed = 4 });
         var seen = Enumerable.Range(0, 1000).Select(_ => p.Sample(logits)).ToHashSet();
         Assert.Subset(topP, seen);
         Assert.True(seen.Count > topP.Count / 2, $"sampled {seen.Count} distinct of the {topP.Count} kept");
@@ -80,7 +80,7 @@ public sealed class SamplerTests
         float[] someNan = [float.NaN, 1f, float.NaN, 2f];
         var task = Task.Run(() =>
         {
-            var s = new Sampler(new SamplingOptions(1.0, TopK: topK, TopP: topP, Seed: 1));
+            var s = new Sampler(new SamplingParams { Temperature = 1.0, TopK = topK, TopP = topP, Seed = 1 });
             var picks = Enumerable.Range(0, 50).Select(_ => s.Sample(someNan)).ToHashSet();
             int any = s.Sample(allNan);
             return (picks, any);
@@ -93,9 +93,9 @@ public sealed class SamplerTests
     [Fact]
     public void Invalid_options_are_rejected()
     {
-        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingOptions(-1)));
-        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingOptions(1, TopP: 0)));
-        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingOptions(1, TopK: -2)));
+        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingParams { Temperature = -1 }));
+        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingParams { Temperature = 1, TopP = 0 }));
+        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingParams { Temperature = 1, TopK = -2 }));
     }
 }
 
@@ -137,9 +137,9 @@ public sealed class GeneratorTests : IDisposable
     public void Stops_after_an_eos_id_and_includes_it()
     {
         using var runner = new ModelRunner(_model, 1, 64);
-        var free = new Generator(runner).Generate(new GenerationRequest { PromptIds = Prompt, MaxNewTokens = 10 });
+        var free = new SequenceGenerator(runner).Generate(new SequenceRequest { PromptIds = Prompt, Sampling = new SamplingParams { MaxTokens = 10 } });
         int eos = free.Ids[3]; // pretend the 4th greedy token is an EOS id
-        var stopped = new Generator(runner).Generate(new GenerationRequest { PromptIds = Prompt, MaxNewTokens = 10, EosTokenIds = [5, eos] });
+        var stopped = new SequenceGenerator(runner).Generate(new SequenceRequest { PromptIds = Prompt, Sampling = new SamplingParams { MaxTokens = 10, StopTokenIds = new HashSet<int> { 5, eos } } });
         Assert.Equal(free.Ids.Take(free.Ids.ToList().IndexOf(eos) + 1), stopped.Ids);
         Assert.Equal("stop", stopped.FinishReason);
     }
@@ -149,10 +149,10 @@ public sealed class GeneratorTests : IDisposable
     {
         var tokenizer = TokenizerLoader.Load(LlamaA);
         using var runner = new ModelRunner(_model, 1, 64);
-        var free = new Generator(runner, tokenizer).Generate(new GenerationRequest { PromptIds = Prompt, MaxNewTokens = 24 });
+        var free = new SequenceGenerator(runner, tokenizer).Generate(new SequenceRequest { PromptIds = Prompt, Sampling = new SamplingParams { MaxTokens = 24 } });
         Assert.Equal(tokenizer.Decode(free.Ids), free.Text);
         string stop = free.Text.Substring(free.Text.Length / 2, 3);
-        var stopped = new Generator(runner, tokenizer).Generate(new GenerationRequest { PromptIds = Prompt, MaxNewTokens = 24, StopStrings = [stop] });
+        var stopped = new SequenceGenerator(runner, tokenizer).Generate(new SequenceRequest { PromptIds = Prompt, Sampling = new SamplingParams { MaxTokens = 24 }, StopStrings = [stop] });
         Assert.Equal(free.Text[..free.Text.IndexOf(stop, StringComparison.Ordinal)], stopped.Text);
         Assert.Equal("stop", stopped.FinishReason);
         Assert.True(stopped.Ids.Count < free.Ids.Count);

@@ -5,18 +5,18 @@ using SmoaServe.Engine.Runner;
 using SmoaServe.Tests;
 using TorchSharp;
 using ScalarType = TorchSharp.torch.ScalarType;
-using static SmoaServe.Engine.Tests.TestTensors;
+using static SmoaServe.Tests.TestTensors;
 
 namespace SmoaServe.Engine.Tests;
 
 /// <summary>
-/// Checkpoints written by Hugging Face transformers 5.17 with its own logits (Data/make_hf_reference.py):
+/// Checkpoints written by Hugging Face transformers 5.17 with its own logits (tests/fixtures/make_hf_reference.py):
 /// llama-b: bf16 weights, tied embeddings, 3:1 GQA, llama3 rope (original_max_position_embeddings 64, positions to 130);
 /// llama-c: f16 weights, attention + mlp biases, linear rope, head_dim ≠ hidden/heads, 2 shards, old config form.
 /// </summary>
 public sealed class HfReferenceTests
 {
-    private static string Data(string name) => Path.Combine(FixturePaths.RepoRoot, "tests", "SmoaServe.Engine.Tests", "Data", name);
+    private static string Data(string name) => Path.Combine(FixturePaths.Fixtures, name);
 
     [Theory]
     [InlineData("llama-b")]
@@ -43,7 +43,7 @@ public sealed class HfReferenceTests
         var prompt = ReadIds(expected, "greedy_prompt").Select(x => (int)x).ToArray();
         var continuation = ReadIds(expected, "greedy_continuation").Select(x => (int)x).ToArray();
         using var runner = new ModelRunner(model, 1, 160);
-        var result = new Generator(runner) { PrefillChunk = 40 }.Generate(new GenerationRequest { PromptIds = prompt, MaxNewTokens = continuation.Length });
+        var result = new SequenceGenerator(runner) { PrefillChunk = 40 }.Generate(new SequenceRequest { PromptIds = prompt, Sampling = new SamplingParams { MaxTokens = continuation.Length } });
         Assert.Equal(continuation, result.Ids);
     }
 

@@ -2,7 +2,7 @@ using SmoaServe.Engine.Checkpoints;
 using SmoaServe.Engine.Model;
 using TorchSharp;
 using static TorchSharp.torch;
-using static SmoaServe.Engine.Tests.TestTensors;
+using static SmoaServe.Tests.TestTensors;
 
 namespace SmoaServe.Engine.Tests;
 

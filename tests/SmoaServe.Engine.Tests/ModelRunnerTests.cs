@@ -2,7 +2,7 @@ using SmoaServe.Engine.Checkpoints;
 using SmoaServe.Engine.Generation;
 using SmoaServe.Engine.Model;
 using SmoaServe.Engine.Runner;
-using static SmoaServe.Engine.Tests.TestTensors;
+using static SmoaServe.Tests.TestTensors;
 
 namespace SmoaServe.Engine.Tests;
 
@@ -24,7 +24,7 @@ public sealed class ModelRunnerTests : IDisposable
         var prompt = ReadIds(_expected, "greedy_prompt").Select(x => (int)x).ToArray();
         var expected = ReadIds(_expected, "greedy_continuation").Select(x => (int)x).ToArray();
         using var runner = new ModelRunner(_model, slotCount: 2, maxSequenceLength: 64);
-        var result = new Generator(runner).Generate(new GenerationRequest { PromptIds = prompt, MaxNewTokens = expected.Length, Slot = 1 });
+        var result = new SequenceGenerator(runner).Generate(new SequenceRequest { PromptIds = prompt, Slot = 1, Sampling = new SamplingParams { MaxTokens = expected.Length } });
         Assert.Equal(expected, result.Ids);
         Assert.Equal("length", result.FinishReason);
     }

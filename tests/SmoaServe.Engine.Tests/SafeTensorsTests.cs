@@ -2,7 +2,7 @@ using System.Text;
 using SmoaServe.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
-using static SmoaServe.Engine.Tests.TestTensors;
+using static SmoaServe.Tests.TestTensors;
 
 namespace SmoaServe.Engine.Tests;
 

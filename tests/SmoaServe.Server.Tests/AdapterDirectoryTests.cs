@@ -1,3 +1,4 @@
+using SmoaServe.Platform.Adapters;
 using System.Text.Json.Nodes;
 
 namespace SmoaServe.Server.Tests;
@@ -42,7 +43,7 @@ public class AdapterDirectoryTests
 
             Directory.Delete(Path.Combine(root, "hot"), true);
             await WaitFor(async () => !(await ModelIds(host)).Contains("hot"), "hot removed");
-            await host.Model.Scheduler.RunOnModelThread(_ => Assert.DoesNotContain("hot", runner.Adapters));
+            await host.Engine.Scheduler.RunOnModelThread(_ => Assert.DoesNotContain("hot", runner.Adapters));
             var ids = await ModelIds(host);
             Assert.Equal(["fake-base", "at-start"], ids);
 
@@ -71,11 +72,11 @@ public class AdapterDirectoryTests
             var watcher = host.App.Services.GetService(typeof(AdapterDirectoryWatcher)) as AdapterDirectoryWatcher;
             await watcher!.PollAsync();
             await watcher.PollAsync();
-            Assert.True(host.Model.TryGetAdapter("same", out var entry));
+            Assert.True(host.Adapters.Catalog.TryGet("same", out var entry));
             Assert.Equal(AdapterOrigin.Preloaded, entry.Origin);
             Directory.Delete(Path.Combine(root, "same"), true);
             await watcher.PollAsync();
-            Assert.True(host.Model.TryGetAdapter("same", out _)); // a preloaded adapter is not removed with the directory
+            Assert.True(host.Adapters.Catalog.TryGet("same", out _)); // a preloaded adapter is not removed with the directory
         }
         finally
         {

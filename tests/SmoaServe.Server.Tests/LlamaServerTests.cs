@@ -25,16 +25,18 @@ public sealed class LlamaServerFixture : IAsyncLifetime
         Directory.CreateDirectory(AdaptersDir);
         Host = await TestHost.StartAsync(null, o =>
         {
-            o.Model = FixturePaths.LlamaA;
             o.AdaptersDir = AdaptersDir;
             o.AdaptersPollSeconds = 0.1;
-            o.MaxRunning = 16;
-            o.MaxPrefillChunk = 8;
-            o.MaxBatchedTokens = 24;
             o.Adapters["smoa"] = Path.Combine(FixturePaths.LlamaA, "smoa-adapter");
             o.Adapters["smoa-layout"] = Path.Combine(FixturePaths.LlamaA, "smoa-adapter-layout");
             o.Adapters["lora"] = Path.Combine(FixturePaths.LlamaA, "lora-adapter");
-        }, baseName: null);
+        }, baseName: null, configureEngine: o =>
+        {
+            o.Model = FixturePaths.LlamaA;
+            o.MaxRunning = 16;
+            o.MaxPrefillChunk = 8;
+            o.MaxBatchedTokens = 24;
+        });
     }
 
     public async Task DisposeAsync()
@@ -128,7 +130,7 @@ public class LlamaServerTests(LlamaServerFixture fx) : IClassFixture<LlamaServer
         var solo = new List<string>();
         foreach (var r in requests) solo.Add(await Run(r));
         var together = await Task.WhenAll(requests.Select(Run));
-        Assert.True(fx.Host.Model.Scheduler.PeakDecodeRows >= 8, $"peak decode batch {fx.Host.Model.Scheduler.PeakDecodeRows}");
+        Assert.True(fx.Host.Engine.Scheduler.PeakDecodeRows >= 8, $"peak decode batch {fx.Host.Engine.Scheduler.PeakDecodeRows}");
 
         for (int i = 0; i < requests.Count; i++)
             Assert.True(solo[i] == together[i], $"request {i} ({requests[i].Model}): solo '{solo[i]}' vs batched '{together[i]}'");
@@ -160,7 +162,7 @@ public class LlamaServerTests(LlamaServerFixture fx) : IClassFixture<LlamaServer
         await WaitUntil(Served, false);
         var gone = await fx.Host.Http.PostAsync("/v1/completions", new StringContent(JsonSerializer.Serialize(new { model = "hot-lora", prompt = "x" }), Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
-        Assert.False(await fx.Host.Model.Scheduler.RunOnModelThread(r => r.HasAdapter("hot-lora")));
+        Assert.False(await fx.Host.Engine.Scheduler.RunOnModelThread(r => r.HasAdapter("hot-lora")));
     }
 
     private static async Task WaitUntil(Func<Task<bool>> condition, bool expected)

@@ -352,8 +352,8 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
         cts.Cancel();
         resp.Dispose();
         var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (fx.Host.Model.Scheduler.InFlight > 0 && DateTime.UtcNow < deadline) await Task.Delay(20);
-        Assert.Equal(0, fx.Host.Model.Scheduler.InFlight);
+        while (fx.Host.Engine.Scheduler.InFlight > 0 && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.Equal(0, fx.Host.Engine.Scheduler.InFlight);
         Assert.True(fx.Runner.Log.Count(l => l.StartsWith('F')) > freedBefore);
     }
 }
@@ -364,13 +364,13 @@ public class ServerLimitTests
     public async Task A_full_queue_answers_429_with_retry_after()
     {
         var runner = new FakeRunner(slots: 1) { PrefillGate = new SemaphoreSlim(0) };
-        await using var host = await TestHost.StartAsync(FakeBackend.Spec(runner), o => { o.MaxQueued = 1; o.MaxRunning = 1; o.RetryAfterSeconds = 3; });
+        await using var host = await TestHost.StartAsync(FakeBackend.Spec(runner), o => o.RetryAfterSeconds = 3, configureEngine: o => { o.MaxQueued = 1; o.MaxRunning = 1; });
         const string req = """{"model":"fake-base","prompt":"q","max_tokens":2}""";
         var first = host.Http.PostAsync("/v1/completions", new StringContent(req, Encoding.UTF8, "application/json"));
         Assert.True(runner.PrefillEntered.Wait(TimeSpan.FromSeconds(20)));
         var second = host.Http.PostAsync("/v1/completions", new StringContent(req, Encoding.UTF8, "application/json"));
         var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (host.Model.Scheduler.QueueDepth < 1 && DateTime.UtcNow < deadline) await Task.Delay(10);
+        while (host.Engine.Scheduler.QueueDepth < 1 && DateTime.UtcNow < deadline) await Task.Delay(10);
         var third = await host.Http.PostAsync("/v1/completions", new StringContent(req, Encoding.UTF8, "application/json"));
         Assert.Equal((HttpStatusCode)429, third.StatusCode);
         Assert.Equal(TimeSpan.FromSeconds(3), third.Headers.RetryAfter?.Delta);
@@ -393,7 +393,7 @@ public class ServerLimitTests
             var pending = host.Http.PostAsync("/v1/completions",
                 new StringContent("""{"model":"short-lived","prompt":"abc","max_tokens":200}""", Encoding.UTF8, "application/json"));
             Assert.True(runner.PrefillEntered.Wait(TimeSpan.FromSeconds(20)));
-            Assert.True(await host.Model.RemoveAdapterAsync("short-lived"));
+            Assert.True(await host.Adapters.RemoveAsync("short-lived"));
             var resp = await pending;
             Assert.Equal(HttpStatusCode.NotFound, resp.StatusCode);
             var error = JsonNode.Parse(await resp.Content.ReadAsStringAsync())!["error"]!;
@@ -415,7 +415,7 @@ public class ServerLimitTests
     [Fact]
     public async Task Without_an_admin_key_the_server_refuses_to_start()
     {
-        var e = Assert.Throws<ArgumentException>(() => SmoaServer.Build(null, o => { o.AdminKey = ""; o.ServedModelName = "x"; },
+        var e = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => SmoaServer.Build(null, o => { o.AdminKey = ""; o.ServedModelName = "x"; },
             FakeBackend.Spec(new FakeRunner())));
         Assert.Contains("SMOA_ADMIN_KEY", e.Message);
         await Task.CompletedTask;
@@ -457,7 +457,7 @@ public class ServerLimitTests
         try { Assert.DoesNotContain("\"finish_reason\":\"length\"", await body); }
         catch (HttpRequestException) { } // the connection was aborted mid-stream: also a cancelled stream
         Assert.True(runner.Disposed);
-        Assert.Equal(0, host.Model.Scheduler.InFlight);
+        Assert.Equal(0, host.Engine.Scheduler.InFlight);
         await host.App.DisposeAsync();
     }
 }

@@ -2,7 +2,7 @@ using System.Net;
 using System.Text;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using SmoaServe.Cli;
+using SmoaServe.Engine.Hosting;
 
 namespace SmoaServe.Server.Tests;
 
@@ -14,13 +14,9 @@ public class ServerLifecycleTests
         using var gate = new ManualResetEventSlim(false);
         var runner = new FakeRunner();
         var spec = FakeBackend.Spec(runner);
-        var slow = new ModelSpec
-        {
-            Tokenizer = spec.Tokenizer, ChatTemplate = spec.ChatTemplate, EosTokenIds = spec.EosTokenIds,
-            CreateBackend = () => { gate.Wait(TimeSpan.FromSeconds(30)); return spec.CreateBackend(); },
-        };
-        var app = SmoaServer.Build([new("Serilog:MinimumLevel:Default", "Warning")],
-            o => { o.Urls = "http://127.0.0.1:0"; o.AdminKey = TestHost.Key; o.ServedModelName = "m"; o.AdaptersDir = "/nonexistent-smoa"; }, slow);
+        var slow = spec with { CreateBackend = () => { gate.Wait(TimeSpan.FromSeconds(30)); return spec.CreateBackend(); } };
+        var app = SmoaServer.Build([new("Serilog:MinimumLevel:Default", "Warning"), new("Smoa:Urls", "http://127.0.0.1:0")],
+            o => { o.AdminKey = TestHost.Key; o.ServedModelName = "m"; o.AdaptersDir = "/nonexistent-smoa"; }, slow);
         await app.StartAsync();
         using var http = new HttpClient { BaseAddress = SmoaServer.BoundAddress(app) };
         http.DefaultRequestHeaders.Authorization = new("Bearer", TestHost.Key);
@@ -28,7 +24,7 @@ public class ServerLifecycleTests
         var early = await http.PostAsync("/v1/completions", new StringContent("""{"model":"m","prompt":"x"}""", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.ServiceUnavailable, early.StatusCode);
         gate.Set();
-        await app.Services.GetRequiredService<ServingModel>().Loaded.WaitAsync(TimeSpan.FromSeconds(30));
+        await app.Services.GetRequiredService<ServerStatus>().Loaded.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/health")).StatusCode);
         await app.StopAsync();
         await app.DisposeAsync();
@@ -38,15 +34,11 @@ public class ServerLifecycleTests
     public async Task A_model_that_fails_to_load_stops_the_server_without_crashing()
     {
         var spec = FakeBackend.Spec(new FakeRunner());
-        var broken = new ModelSpec
-        {
-            Tokenizer = spec.Tokenizer, EosTokenIds = spec.EosTokenIds,
-            CreateBackend = () => throw new InvalidDataException("model.safetensors: tensor 'x' is truncated"),
-        };
-        var app = SmoaServer.Build([new("Serilog:MinimumLevel:Default", "Fatal")],
-            o => { o.Urls = "http://127.0.0.1:0"; o.AdminKey = TestHost.Key; o.ServedModelName = "m"; o.AdaptersDir = "/nonexistent-smoa"; }, broken);
+        var broken = spec with { ChatTemplate = null, CreateBackend = () => throw new InvalidDataException("model.safetensors: tensor 'x' is truncated") };
+        var app = SmoaServer.Build([new("Serilog:MinimumLevel:Default", "Fatal"), new("Smoa:Urls", "http://127.0.0.1:0")],
+            o => { o.AdminKey = TestHost.Key; o.ServedModelName = "m"; o.AdaptersDir = "/nonexistent-smoa"; }, broken);
         await app.StartAsync();
-        var model = app.Services.GetRequiredService<ServingModel>();
+        var model = app.Services.GetRequiredService<ServerStatus>();
         var e = await Assert.ThrowsAsync<InvalidDataException>(() => model.Loaded.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("truncated", e.Message);
         var lifetime = app.Services.GetRequiredService<IHostApplicationLifetime>();
@@ -66,26 +58,15 @@ public class ServerLifecycleTests
             var app = SmoaServer.Build(
                 [new("Smoa:MaxQueued", "7"), new("Smoa:Adapters:tenant-a", "/data/a"), new("Smoa:ServedModelName", "from-config"),
                  new("Smoa:AdminKey", "k"), new("Smoa:Urls", "http://127.0.0.1:0")],
-                model: FakeBackend.Spec(new FakeRunner()));
-            var o = app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<SmoaOptions>>().Value;
-            Assert.Equal(7, o.MaxQueued);
+                engine: FakeBackend.Spec(new FakeRunner()));
+            var o = app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<ServerOptions>>().Value;
+            Assert.Equal(7, app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<EngineOptions>>().Value.MaxQueued);
             Assert.Equal("/data/a", o.Adapters["tenant-a"]);
             Assert.Equal(9, o.RetryAfterSeconds);
-            Assert.Equal("from-config", app.Services.GetRequiredService<ServingModel>().BaseModelId);
+            Assert.Equal("from-config", app.Services.GetRequiredService<ServerStatus>().BaseModelId);
             await app.DisposeAsync();
         }
         finally { Environment.SetEnvironmentVariable(env, null); }
-    }
-
-    [Theory]
-    [InlineData(new string[0], "--model")]
-    [InlineData(new[] { "--model", "x", "--adapter", "noequals" }, "NAME=DIR")]
-    [InlineData(new[] { "--model", "x", "--max-running", "many" }, "not an integer")]
-    [InlineData(new[] { "--model", "x", "--bogus", "1" }, "unknown option")]
-    public void Serve_command_line_errors_are_usage_errors(string[] args, string message)
-    {
-        var e = Assert.Throws<UsageException>(() => new ServeCommand().Run(args));
-        Assert.Contains(message, e.Message);
     }
 
     [Fact]

@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using SmoaServe.Engine.Adapters.Smoa;
 using SmoaServe.Engine.Model;
 using TorchSharp;
@@ -64,9 +63,9 @@ public sealed record AdapterRegistryOptions
 /// Threading: <see cref="Load"/>, <see cref="Add"/> and <see cref="CreateBatch"/> do tensor work and must run on the
 /// model thread; <see cref="Remove"/>, <see cref="Contains"/>, <see cref="List"/> are safe from any thread.
 /// </summary>
-public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
+public sealed class AdapterRegistry : IAdapterSource, IDisposable
 {
-    public const int MaxNameLength = 128;
+    public const int MaxIdLength = 256;
     private const int GroupCount = 4;
     private const int PlanCacheSize = 8;
 
@@ -358,14 +357,12 @@ public sealed partial class AdapterRegistry : IAdapterSource, IDisposable
         }
     }
 
-    private static void CheckName(string name)
+    /// <summary>Ids are keys chosen by the caller (the catalog owns adapter names and their rule); only bounded here.</summary>
+    private static void CheckName(string id)
     {
-        if (string.IsNullOrEmpty(name) || name.Length > MaxNameLength || !NamePattern().IsMatch(name))
-            throw new ArgumentException($"adapter name '{name}' must be 1-{MaxNameLength} characters of letters, digits, '.', '_', '-', ':' or '/'");
+        if (string.IsNullOrEmpty(id) || id.Length > MaxIdLength || id.Any(char.IsControl))
+            throw new ArgumentException($"adapter id must be 1-{MaxIdLength} characters without control characters");
     }
-
-    [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
-    private static partial Regex NamePattern();
 
     private sealed record Registered(AdapterInfo Info, List<Placement> Placements);
     private sealed record Target(int Layer, Projection Projection, ModuleFactors Factors, SmoaLayout? Layout);

@@ -1,32 +1,19 @@
 namespace SmoaServe.Engine.Generation;
 
-/// <summary>Temperature 0 (or less) is greedy. TopK 0 and TopP 1 disable those filters. A seed makes sampling repeatable.</summary>
-public sealed record SamplingOptions(double Temperature = 0, int TopK = 0, double TopP = 1.0, int? Seed = null)
-{
-    public bool IsGreedy => Temperature <= 0;
-
-    public void Validate()
-    {
-        if (double.IsNaN(Temperature) || Temperature < 0) throw new ArgumentException($"temperature must be ≥ 0 (got {Temperature})");
-        if (TopK < 0) throw new ArgumentException($"top-k must be ≥ 0 (got {TopK})");
-        if (double.IsNaN(TopP) || TopP <= 0 || TopP > 1) throw new ArgumentException($"top-p must be in (0, 1] (got {TopP})");
-    }
-}
-
 /// <summary>
 /// Picks the next token from logits like Hugging Face generate: greedy argmax, or temperature → top-k → top-p →
 /// sample from the softmax. Deterministic for a given seed (System.Random with a seed).
 /// </summary>
 public sealed class Sampler
 {
-    private readonly SamplingOptions _options;
+    private readonly SamplingParams _options;
     private readonly Random _random;
 
-    public Sampler(SamplingOptions options)
+    public Sampler(SamplingParams options)
     {
         options.Validate();
         _options = options;
-        _random = options.Seed is int seed ? new Random(seed) : new Random();
+        _random = options.Seed is long seed ? new Random(unchecked((int)(seed ^ (seed >> 32)))) : new Random();
     }
 
     public int Sample(ReadOnlySpan<float> logits)

@@ -443,7 +443,7 @@ public sealed class Scheduler : IDisposable
         public GenerationRequest Request { get; } = request;
         public GenerationStream Stream { get; } = stream;
         public CancellationTokenRegistration Registration { get; set; }
-        public Sampler Sampler { get; } = new(request.Sampling.ToSamplingOptions());
+        public Sampler Sampler { get; } = new(request.Sampling);
         public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
         public long LastTokenAt { get; set; }
         public int PromptLength => Request.PromptIds.Count;

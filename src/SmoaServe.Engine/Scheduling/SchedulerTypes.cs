@@ -23,24 +23,6 @@ public sealed class SchedulerOptions
     }
 }
 
-/// <summary>Per-request sampling. Temperature 0 = greedy; Seed makes sampling reproducible.</summary>
-public sealed record SamplingParams
-{
-    public float Temperature { get; init; } = 1f;
-    public float TopP { get; init; } = 1f;
-    /// <summary>0 = no top-k filter.</summary>
-    public int TopK { get; init; }
-    public long? Seed { get; init; }
-    /// <summary>Most tokens to generate (capped further by the runner's sequence length).</summary>
-    public int MaxTokens { get; init; } = 16;
-    /// <summary>Token ids that end the sequence (EOS); the stop token itself is emitted and counted.</summary>
-    public IReadOnlySet<int> StopTokenIds { get; init; } = new HashSet<int>();
-
-    /// <summary>The engine sampler's options (a 64-bit API seed folded to 32 bits).</summary>
-    public SamplingOptions ToSamplingOptions() =>
-        new(Temperature, TopK, TopP, Seed is { } s ? unchecked((int)(s ^ (s >> 32))) : null);
-}
-
 public sealed class GenerationRequest
 {
     public required IReadOnlyList<int> PromptIds { get; init; }

@@ -1,0 +1,77 @@
+using Microsoft.Extensions.DependencyInjection;
+using SmoaServe.Server;
+
+namespace SmoaServe.Cli.Commands;
+
+/// <summary>`smoa serve`: the OpenAI-compatible server (SmoaServe.Server). Options override appsettings.json and SMOA__* variables.</summary>
+public sealed class ServeCommand : ICommand
+{
+    public string Name => "serve";
+    public string Summary => "serve the base model and its adapters over an OpenAI-compatible HTTP API";
+    public string Usage => """
+        usage: smoa serve --model DIR [options]
+
+          --model DIR               checkpoint directory (config.json, safetensors, tokenizer.json)
+          --served-model-name NAME  id of the base model in the API (default: the directory's name)
+          --urls URL                listen address(es), ';'-separated (default ASPNETCORE_URLS, else http://127.0.0.1:8000)
+          --data DIR                data directory: SMoA layout cache (default ./data)
+          --device cpu|cuda         (default cpu)
+          --dtype float32|bfloat16|float16   compute dtype (default: float32 on CPU, bfloat16 on CUDA)
+          --smoa-form anchored|folded   how SMoA adapters are applied (default: anchored on CPU, folded on CUDA)
+          --adapter NAME=DIR        preload an adapter (repeatable)
+          --adapters-dir DIR        every sub-directory is served under its name, watched for changes (default ./adapters)
+          --max-running N           KV slots = most sequences in the running batch (default 16)
+          --max-batched-tokens N    token budget per step, decode rows + prefill chunks (default 256)
+          --max-prefill-chunk N     longest prefill chunk of one prompt per step (default 128)
+          --max-queued N            waiting requests before 429 (default 256)
+          --max-model-len N         context per slot (default: min(max_position_embeddings, 4096))
+          --log-format text|json    console log format (default text)
+          --allow-anonymous         no API key needed (local use only)
+
+        The admin API key comes from SMOA_ADMIN_KEY (or Smoa:AdminKey in appsettings.json); clients send
+        'Authorization: Bearer <key>'. Every option is also a setting "Smoa:<Name>" (env SMOA__<NAME>), e.g.
+        SMOA__MAXRUNNING=32, SMOA__ADAPTERS__mine=/path.
+        """;
+
+    private static readonly (string Option, string Key)[] Settings =
+    [
+        ("model", "Model"), ("served-model-name", "ServedModelName"), ("urls", "Urls"), ("data", "Data"), ("device", "Device"),
+        ("dtype", "Dtype"), ("adapters-dir", "AdaptersDir"), ("max-running", "MaxRunning"), ("max-batched-tokens", "MaxBatchedTokens"),
+        ("max-prefill-chunk", "MaxPrefillChunk"), ("max-queued", "MaxQueued"), ("max-model-len", "MaxModelLen"),
+        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"),
+    ];
+
+    public int Run(string[] args)
+    {
+        var cli = CliArgs.Parse(args, Settings.Select(s => s.Option).Append("adapter"), ["allow-anonymous"]);
+        if (cli.Positionals.Count > 0) throw new UsageException($"unexpected argument '{cli.Positionals[0]}'");
+        var config = new Dictionary<string, string?>();
+        foreach (var (option, key) in Settings)
+            if (cli.Get(option) is { } v) config[$"{ServerOptions.Section}:{key}"] = v;
+        foreach (var (option, _) in Settings.Where(s => s.Option.StartsWith("max-", StringComparison.Ordinal)))
+            cli.GetInt(option, 0);
+        if (cli.Flag("allow-anonymous")) config[$"{ServerOptions.Section}:AllowAnonymous"] = "true";
+        var adapters = cli.All("adapter").Select(ParseAdapter).ToList();
+
+        var app = SmoaServer.Build(config, o => { foreach (var (name, dir) in adapters) o.Adapters[name] = dir; },
+            configureEngine: o => { if (o.Model is null) throw new UsageException("--model is required (or Smoa:Model / SMOA__MODEL)"); });
+        var loaded = app.Services.GetRequiredService<ServerStatus>().Loaded;
+        try
+        {
+            app.Run();
+        }
+        catch (OperationCanceledException) when (loaded.IsFaulted)
+        {
+            // stopped during start-up because the model failed to load (already logged)
+        }
+        if (loaded.IsFaulted) { Console.Error.WriteLine($"smoa serve: error: {loaded.Exception!.InnerException?.Message}"); return 1; }
+        return Environment.ExitCode;
+    }
+
+    private static (string Name, string Dir) ParseAdapter(string spec)
+    {
+        int eq = spec.IndexOf('=');
+        if (eq <= 0 || eq == spec.Length - 1) throw new UsageException($"--adapter expects NAME=DIR, got '{spec}'");
+        return (spec[..eq], spec[(eq + 1)..]);
+    }
+}

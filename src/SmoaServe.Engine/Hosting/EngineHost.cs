@@ -1,0 +1,127 @@
+using SmoaServe.Engine.Adapters;
+using SmoaServe.Engine.Checkpoints;
+using SmoaServe.Engine.Model;
+using SmoaServe.Engine.Runner;
+using SmoaServe.Engine.Runtime;
+using SmoaServe.Engine.Scheduling;
+using SmoaServe.Text;
+
+namespace SmoaServe.Engine.Hosting;
+
+/// <summary>What an <see cref="EngineHost"/> serves: the text side of the base model (read at once) and a factory for its
+/// device side (run on the model thread).</summary>
+public sealed record EngineSetup(ITextTokenizer Tokenizer, IChatTemplate? ChatTemplate, IReadOnlySet<int> EosTokenIds, Func<IEngineBackend> CreateBackend);
+
+/// <summary>
+/// The engine's composition root for serving: the base model's text side, and on one dedicated model thread the device
+/// side (model, layout cache, resident adapters, runner) driven by the continuous-batching <see cref="Scheduler"/>.
+/// Adapters are added from directories or from memory; directories are read and validated off the model thread, and
+/// only the device copy runs between two steps. Work that needs the model itself (training) runs there too.
+/// </summary>
+public sealed class EngineHost : IDisposable
+{
+    private readonly EngineSetup _setup;
+    private IEngineBackend? _backend;
+
+    public EngineHost(EngineSetup setup, SchedulerOptions schedulerOptions, ISchedulerMetrics? metrics = null)
+    {
+        _setup = setup;
+        Scheduler = new Scheduler(CreateRunner, schedulerOptions, metrics);
+    }
+
+    /// <summary>
+    /// Reads the checkpoint's text side now (tokenizer, chat template, EOS ids; errors surface at once) and loads the
+    /// weights on the model thread (<see cref="Ready"/> completes when done).
+    /// </summary>
+    public static EngineHost Load(EngineOptions options, ISchedulerMetrics? metrics = null)
+    {
+        if (options.Problems() is { Count: > 0 } problems) throw new ArgumentException(string.Join("; ", problems));
+        string dir = Path.GetFullPath(options.Model ?? throw new ArgumentException("no model: set --model (Smoa:Model)"));
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory not found: {dir}");
+        var tokenizer = TokenizerLoader.Load(dir);
+        var config = ModelConfig.Load(dir);
+        var eos = new HashSet<int>(GenerationConfig.Load(dir, config).EosTokenIds);
+        if (eos.Count == 0 && tokenizer.EosTokenId is { } e) eos.Add(e);
+        int maxLen = options.MaxModelLen ?? Math.Min(config.MaxPositionEmbeddings, EngineOptions.DefaultMaxModelLen);
+        var load = new ModelLoadOptions(TorchRuntime.ResolveDevice(options.Device), options.Dtype is { } dt ? TorchRuntime.ParseDtype(dt) : null);
+        var form = AdapterRegistryOptions.ParseForm(options.SmoaForm);
+        string data = options.DataDirectory;
+        int slots = options.MaxRunning;
+        return new EngineHost(
+            new EngineSetup(tokenizer, ChatTemplateLoader.Load(dir), eos,
+                () => new ServingBackend(EngineModel.Load(dir, load, form, data), slots, maxLen)),
+            options.Scheduler, metrics);
+    }
+
+    public ITextTokenizer Tokenizer => _setup.Tokenizer;
+    /// <summary>The checkpoint's chat template; null when it has none.</summary>
+    public IChatTemplate? ChatTemplate => _setup.ChatTemplate;
+    /// <summary>Ids that end generation (generation_config.json eos_token_id, else the tokenizer's EOS).</summary>
+    public IReadOnlySet<int> EosTokenIds => _setup.EosTokenIds;
+    public Scheduler Scheduler { get; }
+    /// <summary>Completes when the device side is up (faults with the load error).</summary>
+    public Task Ready => Scheduler.Ready;
+    public int MaxSequenceLength => Scheduler.MaxSequenceLength;
+    public int VocabSize => Scheduler.VocabSize;
+
+    /// <summary>Details of the adapters resident on the device (empty before <see cref="Ready"/>).</summary>
+    public IReadOnlyList<AdapterInfo> ResidentAdapters => _backend?.ResidentAdapters ?? [];
+
+    /// <summary>
+    /// Makes an adapter resident under <paramref name="id"/>, replacing one of that id (atomically: a bad new version leaves
+    /// the old one serving). A directory is read and validated on the calling task, off the model thread.
+    /// </summary>
+    public async Task<AdapterInfo> AddAdapterAsync(string id, AdapterSource source)
+    {
+        if (string.IsNullOrEmpty(id)) throw new ArgumentException("adapter id is empty");
+        await Ready;
+        var backend = _backend!;
+        switch (source)
+        {
+            case AdapterSource.Definition d:
+                return await Scheduler.RunOnModelThread(_ => backend.AddAdapter(id, d.Adapter));
+            case AdapterSource.Directory dir:
+                using (var definition = await Task.Run(() => backend.ReadAdapter(dir.Path)))
+                    return await Scheduler.RunOnModelThread(_ => backend.AddAdapter(id, definition));
+            default:
+                throw new ArgumentException($"unknown adapter source {source}");
+        }
+    }
+
+    /// <summary>Drops a resident adapter; rows already running on it fail at their next step. False when it was not resident.</summary>
+    public async Task<bool> RemoveAdapterAsync(string id)
+    {
+        await Ready;
+        return await Scheduler.RunOnModelThread(_ => _backend!.RemoveAdapter(id));
+    }
+
+    /// <summary>Runs <paramref name="work"/> on the model thread between two scheduler steps, with the device side.</summary>
+    public async Task<T> RunOnDeviceAsync<T>(Func<IEngineBackend, T> work)
+    {
+        await Ready;
+        return await Scheduler.RunOnModelThread(_ => work(_backend!));
+    }
+
+    private IModelRunner CreateRunner()
+    {
+        _backend = _setup.CreateBackend();
+        return new OwnedRunner(_backend);
+    }
+
+    public void Dispose() => Scheduler.Dispose();
+
+    /// <summary>Hands the scheduler the backend's runner; disposing it disposes the whole backend.</summary>
+    private sealed class OwnedRunner(IEngineBackend backend) : IModelRunner
+    {
+        private readonly IModelRunner _inner = backend.Runner;
+        public int VocabSize => _inner.VocabSize;
+        public int MaxSequenceLength => _inner.MaxSequenceLength;
+        public int SlotCount => _inner.SlotCount;
+        public bool HasAdapter(string? adapterId) => _inner.HasAdapter(adapterId);
+        public float[] Prefill(int slot, ReadOnlySpan<int> tokens, int startPosition, string? adapterId) => _inner.Prefill(slot, tokens, startPosition, adapterId);
+        public float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows) => _inner.PrefillBatch(rows);
+        public float[][] Decode(IReadOnlyList<DecodeRow> rows) => _inner.Decode(rows);
+        public void FreeSlot(int slot) => _inner.FreeSlot(slot);
+        public void Dispose() => backend.Dispose();
+    }
+}

@@ -1,0 +1,66 @@
+using SmoaServe.Engine.Scheduling;
+
+namespace SmoaServe.Engine.Hosting;
+
+/// <summary>
+/// What the engine is told: the base checkpoint, where and how it runs, and the scheduler's limits. Bound from the
+/// "Smoa" configuration section by the server (appsettings.json, SMOA__* variables, command line) and filled in by the
+/// command line for the one-shot commands.
+/// </summary>
+public sealed class EngineOptions
+{
+    public const string Section = "Smoa";
+    /// <summary>Default context per KV slot when <see cref="MaxModelLen"/> is unset (the checkpoint's own limit if smaller).</summary>
+    public const int DefaultMaxModelLen = 4096;
+
+    /// <summary>Checkpoint directory (config.json, *.safetensors, tokenizer.json).</summary>
+    public string? Model { get; set; }
+    public string Device { get; set; } = "cpu";
+    /// <summary>float32 / bfloat16 / float16; null = the device's default.</summary>
+    public string? Dtype { get; set; }
+    /// <summary>"anchored" / "folded" (see <see cref="Adapters.SmoaForm"/>); null = the device's default.</summary>
+    public string? SmoaForm { get; set; }
+    /// <summary>Data directory: the SMoA layout cache (layouts/&lt;base fingerprint&gt;/); null = ./data.</summary>
+    public string? Data { get; set; }
+
+    /// <summary>KV slots = most sequences in the running batch.</summary>
+    public int MaxRunning { get; set; } = 16;
+    /// <summary>Token budget per step: one per decoding row plus the prefill chunks.</summary>
+    public int MaxBatchedTokens { get; set; } = 256;
+    /// <summary>Longest prefill chunk of one prompt per step.</summary>
+    public int MaxPrefillChunk { get; set; } = 128;
+    /// <summary>Requests waiting for a slot before the next one is refused.</summary>
+    public int MaxQueued { get; set; } = 256;
+    /// <summary>Context length per slot; null = min(max_position_embeddings, <see cref="DefaultMaxModelLen"/>).</summary>
+    public int? MaxModelLen { get; set; }
+
+    /// <summary>The data directory as an absolute path (./data when unset).</summary>
+    public string DataDirectory => Path.GetFullPath(Data ?? "data");
+
+    public SchedulerOptions Scheduler => new()
+    {
+        MaxRunning = MaxRunning, MaxBatchedTokens = MaxBatchedTokens, MaxPrefillChunk = MaxPrefillChunk, MaxQueued = MaxQueued,
+    };
+
+    /// <summary>Every problem with these options (empty when they are usable); checked at start-up.</summary>
+    public IReadOnlyList<string> Problems()
+    {
+        var problems = new List<string>();
+        if (MaxRunning < 1) problems.Add($"MaxRunning must be >= 1 (got {MaxRunning})");
+        if (MaxBatchedTokens < 1) problems.Add($"MaxBatchedTokens must be >= 1 (got {MaxBatchedTokens})");
+        if (MaxPrefillChunk < 1) problems.Add($"MaxPrefillChunk must be >= 1 (got {MaxPrefillChunk})");
+        if (MaxQueued < 0) problems.Add($"MaxQueued must be >= 0 (got {MaxQueued})");
+        if (MaxModelLen is < 2) problems.Add($"MaxModelLen must be >= 2 (got {MaxModelLen})");
+        string device = Device.Trim().ToLowerInvariant();
+        if (device is not ("cpu" or "cuda") && !(device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device.AsSpan(5), out _)))
+            problems.Add($"Device '{Device}' is not cpu, cuda or cuda:N");
+        try { Adapters.AdapterRegistryOptions.ParseForm(SmoaForm); }
+        catch (ArgumentException e) { problems.Add(e.Message); }
+        if (Dtype is not null)
+        {
+            try { Runtime.TorchRuntime.ParseDtype(Dtype); }
+            catch (ArgumentException e) { problems.Add(e.Message); }
+        }
+        return problems;
+    }
+}

@@ -1,0 +1,59 @@
+using SmoaServe.Engine.Hosting;
+
+namespace SmoaServe.Server;
+
+/// <summary>
+/// The server's own settings, bound from the "Smoa" configuration section like <see cref="EngineOptions"/>:
+/// appsettings.json, then environment variables (SMOA__URLS, SMOA__ADAPTERS__name=dir, ...), then the command line.
+/// </summary>
+public sealed class ServerOptions
+{
+    public const string Section = EngineOptions.Section;
+
+    /// <summary>Id of the base model in the API; default: the model directory's name.</summary>
+    public string? ServedModelName { get; set; }
+    /// <summary>Listen address(es), ';'-separated; unset = ASPNETCORE_URLS / URLS, else http://127.0.0.1:8000.</summary>
+    public string? Urls { get; set; }
+    /// <summary>Adapters preloaded by name → directory (--adapter NAME=DIR).</summary>
+    public Dictionary<string, string> Adapters { get; set; } = new();
+    /// <summary>Every sub-directory is served under its name and watched; default ./adapters.</summary>
+    public string AdaptersDir { get; set; } = "adapters";
+    /// <summary>How often the adapters directory is scanned; a change is applied once it is stable over one interval.</summary>
+    public double AdaptersPollSeconds { get; set; } = 2;
+
+    /// <summary>Console log format: "text" (default) or "json" (compact JSON, one event per line, for log shippers).</summary>
+    public string LogFormat { get; set; } = "text";
+
+    /// <summary>Admin API key; SMOA_ADMIN_KEY when unset.</summary>
+    public string? AdminKey { get; set; }
+    /// <summary>Serve without any key (local development only).</summary>
+    public bool AllowAnonymous { get; set; }
+
+    public long MaxRequestBodyBytes { get; set; } = 4 << 20;
+    /// <summary>Graceful shutdown: in-flight streams get this long to finish, then are cancelled.</summary>
+    public double ShutdownTimeoutSeconds { get; set; } = 30;
+    /// <summary>Retry-After seconds sent with 429.</summary>
+    public int RetryAfterSeconds { get; set; } = 1;
+
+    public string ResolveAdminKey() => string.IsNullOrEmpty(AdminKey) ? Environment.GetEnvironmentVariable("SMOA_ADMIN_KEY") ?? "" : AdminKey;
+
+    public string ResolveBaseModelId(EngineOptions engine) =>
+        !string.IsNullOrWhiteSpace(ServedModelName) ? ServedModelName
+        : engine.Model is not null ? new DirectoryInfo(Path.TrimEndingDirectorySeparator(Path.GetFullPath(engine.Model))).Name
+        : throw new ArgumentException("no model: set --model (Smoa:Model)");
+
+    /// <summary>Every problem with these options (empty when they are usable); checked at start-up.</summary>
+    public IReadOnlyList<string> Problems()
+    {
+        var problems = new List<string>();
+        if (!LogFormat.Equals("json", StringComparison.OrdinalIgnoreCase) && !LogFormat.Equals("text", StringComparison.OrdinalIgnoreCase))
+            problems.Add($"log format '{LogFormat}': expected text or json");
+        if (MaxRequestBodyBytes < 1) problems.Add($"MaxRequestBodyBytes must be >= 1 (got {MaxRequestBodyBytes})");
+        if (ShutdownTimeoutSeconds < 0) problems.Add($"ShutdownTimeoutSeconds must be >= 0 (got {ShutdownTimeoutSeconds})");
+        if (RetryAfterSeconds < 0) problems.Add($"RetryAfterSeconds must be >= 0 (got {RetryAfterSeconds})");
+        if (!(AdaptersPollSeconds > 0)) problems.Add($"AdaptersPollSeconds must be > 0 (got {AdaptersPollSeconds})");
+        if (!AllowAnonymous && string.IsNullOrEmpty(ResolveAdminKey()))
+            problems.Add("no admin API key: set SMOA_ADMIN_KEY (or Smoa:AdminKey), or pass --allow-anonymous for local use");
+        return problems;
+    }
+}
