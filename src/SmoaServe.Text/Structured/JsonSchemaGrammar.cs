@@ -124,20 +124,27 @@ internal sealed class SchemaCompiler
     readonly HashSet<string> _resolving = new(StringComparer.Ordinal);
 
     public SchemaCompiler(JsonElement root, JsonGrammarOptions options)
+        : this(root, options, new JsonRules(new AutomatonBuilder(options.MaxStates), options)) { }
+
+    /// <summary>Compiles into an automaton under construction (several schemas can share one, e.g. tool arguments).</summary>
+    public SchemaCompiler(JsonElement root, JsonGrammarOptions options, JsonRules rules)
     {
         _root = root;
         _options = options;
-        _builder = new AutomatonBuilder(options.MaxStates);
-        _rules = new JsonRules(_builder, options);
+        _rules = rules;
+        _builder = rules.Builder;
     }
 
     public Grammar Build()
     {
-        var value = Compile(_root, "#", level: 0);
+        var value = CompileRoot(level: 0);
         var start = _rules.Root(value);
         var automaton = _builder.Build(start, _options.MaxNestingDepth, depthBinds: _rules.UsesAnyValue, _options.MaxTableCells);
         return new Grammar(automaton, "json_schema");
     }
+
+    /// <summary>The rule for the root schema, nested inside <paramref name="level"/> enclosing objects/arrays.</summary>
+    public int CompileRoot(int level) => Compile(_root, "#", level);
 
     static UnsupportedSchemaException Unsupported(string keyword, string path, string why) =>
         new(keyword, path, $"JSON schema {why} (keyword '{keyword}' at '{path}')");
