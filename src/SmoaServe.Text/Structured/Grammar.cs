@@ -16,7 +16,7 @@ public sealed class UnsupportedSchemaException(string keyword, string path, stri
 public sealed record JsonGrammarOptions
 {
     /// <summary>Longest run of optional whitespace at any one place (between tokens of the JSON text).</summary>
-    public int MaxWhitespace { get; init; } = 12;
+    public int MaxWhitespace { get; init; } = 16;
     /// <summary>Length bound (characters) for strings whose schema sets no maxLength, object keys included; null = unbounded.</summary>
     public int? DefaultMaxStringLength { get; init; }
     public int MaxIntegerDigits { get; init; } = 15;

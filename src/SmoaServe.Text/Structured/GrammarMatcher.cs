@@ -67,7 +67,9 @@ internal sealed class MaskCache(Grammar grammar, TokenVocabulary vocabulary)
 {
     internal sealed record Entry(ulong[] Accepted, int[] ReturnNodes);
 
-    const int MaxEntries = 1 << 14;
+    /// <summary>Bytes of cached masks kept per grammar and vocabulary; past it, masks are computed without caching.</summary>
+    const long MaxCachedBytes = 64L << 20;
+    readonly int _maxEntries = (int)Math.Clamp(MaxCachedBytes / Math.Max(8, (vocabulary.Size + 63) / 64 * 8), 64, 1 << 16);
     readonly ConcurrentDictionary<(int State, int Count, int Depth), Entry> _entries = new();
     readonly ByteAutomaton _a = grammar.Automaton;
     readonly TokenTrie _trie = vocabulary.Trie;
@@ -82,7 +84,7 @@ internal sealed class MaskCache(Grammar grammar, TokenVocabulary vocabulary)
         var key = (state, keyCount, keyDepth);
         if (_entries.TryGetValue(key, out var entry)) return entry;
         entry = Compute(state, count, depth);
-        if (_entries.Count < MaxEntries) _entries.TryAdd(key, entry);
+        if (_entries.Count < _maxEntries) _entries.TryAdd(key, entry);
         return entry;
     }
 
