@@ -121,6 +121,12 @@ internal sealed class MaskCache(Grammar grammar, TokenVocabulary vocabulary)
                 }
                 continue;
             }
+            if ((below & ~loop) == 0 && LoopBudget(state, count) is int budget)
+            {
+                // one byte = one counted character: the tokens within the remaining budget are accepted
+                MarkWithin(child, budget, accepted);
+                continue;
+            }
             int s = state, c = count;
             var st = stack;
             var r = _a.Step(ref s, ref c, ref st, baseDepth, trie.Label[child], localStack: returns is not null);
@@ -133,6 +139,28 @@ internal sealed class MaskCache(Grammar grammar, TokenVocabulary vocabulary)
             }
             if (trie.SubtreeEnd[child] > child + 1) Walk(child, s, c, st, baseDepth, accepted, returns);
         }
+    }
+
+    /// <summary>Bytes a counting self-loop still takes from <paramref name="count"/> (its state cannot return), or null.</summary>
+    int? LoopBudget(int state, int count)
+    {
+        ref readonly var e = ref _a.LoopEdge[state];
+        if (e.Op != CountOp.Increment || count < e.GuardLo || _a.Final[state]) return null;
+        return (int)Math.Min(int.MaxValue, (long)e.GuardHi - count + 1);
+    }
+
+    /// <summary>Marks the ids of the nodes of <paramref name="node"/>'s subtree at most <paramref name="budget"/> bytes down (node included).</summary>
+    void MarkWithin(int node, int budget, ulong[] accepted)
+    {
+        if (budget <= 0) return;
+        var trie = _trie;
+        for (int t = trie.TokenStart[node], tEnd = trie.TokenStart[node + 1]; t < tEnd; t++)
+        {
+            var id = trie.TokenIds[t];
+            accepted[id >> 6] |= 1UL << id;
+        }
+        if (budget == 1) return;
+        for (int child = node + 1, end = trie.SubtreeEnd[node]; child < end; child = trie.SubtreeEnd[child]) MarkWithin(child, budget - 1, accepted);
     }
 
     /// <summary>Continues the collected return nodes with the real caller frames.</summary>

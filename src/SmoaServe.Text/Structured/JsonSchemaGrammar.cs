@@ -326,11 +326,11 @@ internal sealed class SchemaCompiler
                 required.Add(x.ValueKind == JsonValueKind.String ? x.GetString()! : throw Unsupported("required", path, "'required' must be an array of strings"));
         }
         bool closed = false;
-        int extraValue = -1;
+        JsonElement? extraSchema = null;                  // additionalProperties as a schema: used only without listed properties
         if (s.TryGetProperty("additionalProperties", out var ap))
         {
             if (ap.ValueKind == JsonValueKind.False) closed = true;
-            else if (ap.ValueKind is JsonValueKind.Object) extraValue = -2;      // compiled below only if needed
+            else if (ap.ValueKind is JsonValueKind.Object) extraSchema = ap;
             else if (ap.ValueKind != JsonValueKind.True) throw Unsupported("additionalProperties", path, "'additionalProperties' must be a boolean or a schema");
         }
         var hasProperties = false;
@@ -354,7 +354,7 @@ internal sealed class SchemaCompiler
 
         if (hasProperties || closed) return _rules.Object(props);
         // no listed properties: any keys, values as additionalProperties says
-        var value = extraValue == -2 ? Compile(ap, path + "/additionalProperties", level) : _rules.AnyValue();
+        var value = extraSchema is { } extra ? Compile(extra, path + "/additionalProperties", level) : _rules.AnyValue();
         return _rules.FreeObject(value);
     }
 

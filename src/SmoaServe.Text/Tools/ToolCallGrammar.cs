@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using SmoaServe.Text.Structured;
 
@@ -18,6 +17,7 @@ public static class ToolCallGrammar
         var functions = choice.Mode == ToolChoiceMode.Named ? tools.Where(t => t.Name == choice.FunctionName).ToList() : tools.ToList();
         if (functions.Count == 0) throw new ArgumentException("no function to call", nameof(tools));
         options ??= JsonGrammarOptions.Default;
+        options.Validate();
         var b = new AutomatonBuilder(options.MaxStates);
         var rules = new JsonRules(b, options);
 

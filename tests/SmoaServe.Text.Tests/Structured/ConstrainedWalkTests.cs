@@ -207,6 +207,15 @@ public class ConstrainedWalkTests
         var mask = free.NextTokenMask();
         for (var id = 0; id < vocab.Size; id++) Assert.Equal(free.CanAccept(id), mask.IsAllowed(id));
         Assert.True(mask.CountAllowed() > vocab.Size * 9 / 10);
+        // a bounded string at every count: the mask shrinks to the tokens that still fit
+        var bounded = new GrammarMatcher(JsonSchemaGrammar.Compile("""{"type":"string","maxLength":20}"""), vocab);
+        Assert.True(bounded.AcceptBytes("\""u8));
+        for (var count = 0; count <= 20; count++)
+        {
+            var m = bounded.NextTokenMask();
+            for (var id = 0; id < vocab.Size; id++) Assert.Equal(bounded.CanAccept(id), m.IsAllowed(id));
+            Assert.Equal(count < 20, bounded.AcceptBytes("x"u8));
+        }
         // inside a multi-byte character only continuation pieces fit
         Assert.True(free.AcceptBytes([0xE4]));
         mask = free.NextTokenMask();
