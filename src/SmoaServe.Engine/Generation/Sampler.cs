@@ -19,7 +19,18 @@ public sealed class Sampler
     public int Sample(ReadOnlySpan<float> logits)
     {
         if (logits.Length == 0) throw new ArgumentException("empty logits");
+        return _options.IsGreedy ? ArgMax(logits) : Sample(logits, _random.NextDouble());
+    }
+
+    /// <summary>
+    /// Samples with the given uniform draw in [0, 1) instead of the sampler's own generator (for draws derived from
+    /// a request's seed and step, independent of what else is in the batch). Greedy ignores it.
+    /// </summary>
+    public int Sample(ReadOnlySpan<float> logits, double uniform)
+    {
+        if (logits.Length == 0) throw new ArgumentException("empty logits");
         if (_options.IsGreedy) return ArgMax(logits);
+        if (!(uniform >= 0 && uniform < 1)) throw new ArgumentOutOfRangeException(nameof(uniform), "must be in [0, 1)");
 
         var scaled = new double[logits.Length];                      // logit / T; NaN (a broken adapter) counts as −∞
         for (int i = 0; i < scaled.Length; i++) scaled[i] = float.IsNaN(logits[i]) ? double.NegativeInfinity : logits[i] / _options.Temperature;
@@ -27,7 +38,7 @@ public sealed class Sampler
         int[]? pool = _options.TopK > 0 && _options.TopK < scaled.Length ? Best(scaled, _options.TopK) : null;
         double max = pool is null ? scaled.Max() : scaled[pool[0]];
         if (_options.TopP >= 1)
-            return pool is null ? Draw(scaled, max) : Draw(scaled, max, pool, pool.Length);
+            return pool is null ? Draw(scaled, max, uniform) : Draw(scaled, max, pool, pool.Length, uniform);
 
         // top-p: the smallest best-first prefix of the pool whose share of the pool's mass reaches p. Only as many
         // candidates as that needs are sorted (a 128k vocabulary is never sorted whole for one token).
@@ -41,9 +52,9 @@ public sealed class Sampler
             for (int i = 0; i < best.Length; i++)
             {
                 mass += Weight(scaled[best[i]], max);
-                if (mass >= _options.TopP * poolMass) return Draw(scaled, max, best, i + 1);
+                if (mass >= _options.TopP * poolMass) return Draw(scaled, max, best, i + 1, uniform);
             }
-            if (pool is not null || best.Length >= scaled.Length) return Draw(scaled, max, best, best.Length);
+            if (pool is not null || best.Length >= scaled.Length) return Draw(scaled, max, best, best.Length, uniform);
         }
     }
 
@@ -92,11 +103,11 @@ public sealed class Sampler
     }
 
     /// <summary>Samples from the first <paramref name="keep"/> candidates in proportion to their softmax weights.</summary>
-    private int Draw(double[] scaled, double max, int[] candidates, int keep)
+    private static int Draw(double[] scaled, double max, int[] candidates, int keep, double uniform)
     {
         double total = 0;
         for (int i = 0; i < keep; i++) total += Weight(scaled[candidates[i]], max);
-        double u = _random.NextDouble() * total;
+        double u = uniform * total;
         for (int i = 0; i < keep; i++)
         {
             u -= Weight(scaled[candidates[i]], max);
@@ -106,11 +117,11 @@ public sealed class Sampler
     }
 
     /// <summary>Samples from the whole vocabulary (no filter), walking it in id order.</summary>
-    private int Draw(double[] scaled, double max)
+    private static int Draw(double[] scaled, double max, double uniform)
     {
         double total = 0;
         foreach (double l in scaled) total += Weight(l, max);
-        double u = _random.NextDouble() * total;
+        double u = uniform * total;
         int last = 0;
         for (int i = 0; i < scaled.Length; i++)
         {

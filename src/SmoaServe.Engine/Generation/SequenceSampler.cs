@@ -1,0 +1,110 @@
+using SmoaServe.Text.Structured;
+
+namespace SmoaServe.Engine.Generation;
+
+/// <summary>
+/// The sampling fields of an OpenAI / vLLM request, for one output sequence. Temperature 0 is greedy; TopK 0,
+/// TopP 1, MinP 0, penalties 0 (repetition 1) and no bias leave the logits alone. TopLogprobs null: no logprobs.
+/// </summary>
+public sealed record SamplingParameters
+{
+    public double Temperature { get; init; }
+    public int TopK { get; init; }
+    public double TopP { get; init; } = 1.0;
+    public double MinP { get; init; }
+    public float PresencePenalty { get; init; }
+    public float FrequencyPenalty { get; init; }
+    public float RepetitionPenalty { get; init; } = 1f;
+    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
+    /// <summary>The request's seed; choice i samples with seed + i (<see cref="CounterRng.RowSeed"/>). Null: random.</summary>
+    public long? Seed { get; init; }
+    /// <summary>Return the chosen id's logprob and this many alternatives (0..20); null: no logprobs.</summary>
+    public int? TopLogprobs { get; init; }
+
+    /// <summary>Throws ArgumentException with an OpenAI-style message for out-of-range values (→ HTTP 400).</summary>
+    public void Validate(int vocabSize)
+    {
+        new SamplingOptions(Temperature, TopK, TopP).Validate();
+        if (double.IsNaN(MinP) || MinP < 0 || MinP > 1) throw new ArgumentException($"min_p must be in [0, 1] (got {MinP})");
+        if (!(PresencePenalty >= -2 && PresencePenalty <= 2)) throw new ArgumentException($"presence_penalty must be in [-2, 2] (got {PresencePenalty})");
+        if (!(FrequencyPenalty >= -2 && FrequencyPenalty <= 2)) throw new ArgumentException($"frequency_penalty must be in [-2, 2] (got {FrequencyPenalty})");
+        if (!(RepetitionPenalty > 0 && RepetitionPenalty <= 100)) throw new ArgumentException($"repetition_penalty must be in (0, 100] (got {RepetitionPenalty})");
+        if (TopLogprobs is < 0 or > TokenLogprobs.MaxTopLogprobs)
+            throw new ArgumentException($"top_logprobs must be in [0, {TokenLogprobs.MaxTopLogprobs}] (got {TopLogprobs})");
+        if (LogitBias.Count > vocabSize) throw new ArgumentException("logit_bias has more entries than the vocabulary");
+        foreach (var (id, bias) in LogitBias)
+        {
+            if ((uint)id >= (uint)vocabSize) throw new ArgumentException($"logit_bias token id {id} is outside the vocabulary (0..{vocabSize - 1})");
+            if (!float.IsFinite(bias)) throw new ArgumentException($"logit_bias for token {id} must be a finite number");
+        }
+    }
+}
+
+/// <summary>A sampled id, with its logprobs when requested.</summary>
+public readonly record struct SampledToken(int TokenId, PositionLogprobs? Logprobs);
+
+/// <summary>
+/// Samples one output sequence step by step from raw model logits: grammar mask (structured output), logit bias,
+/// repetition penalty (prompt + generated), presence/frequency penalties (generated), min_p, then temperature /
+/// top-k / top-p with a uniform drawn from (row seed, step) — so a row's tokens depend only on its own logits,
+/// parameters and seed, not on the batch it runs in. Logprobs are the log-softmax of the raw logits (before any of
+/// these edits), as vLLM reports them by default. Not thread-safe; one per sequence.
+/// </summary>
+public sealed class SequenceSampler
+{
+    readonly SamplingParameters _p;
+    readonly Sampler _sampler;
+    readonly HashSet<int> _seen;
+    readonly Dictionary<int, int> _counts = new();
+    float[] _scratch = [];
+
+    /// <param name="rowSeed">this sequence's seed (<see cref="CounterRng.RowSeed"/>)</param>
+    /// <param name="grammar">constrains the output (response_format / tool arguments); accepts every sampled id</param>
+    public SequenceSampler(SamplingParameters parameters, IReadOnlyList<int> promptIds, ulong rowSeed, GrammarMatcher? grammar = null)
+    {
+        _p = parameters;
+        _sampler = new Sampler(new SamplingOptions(parameters.Temperature, parameters.TopK, parameters.TopP));
+        _seen = parameters.RepetitionPenalty != 1f ? promptIds.ToHashSet() : [];
+        RowSeed = rowSeed;
+        Grammar = grammar;
+    }
+
+    public ulong RowSeed { get; }
+    public GrammarMatcher? Grammar { get; }
+
+    /// <summary>Ids sampled so far.</summary>
+    public int Step { get; private set; }
+
+    /// <summary>The next id for this row; <paramref name="logits"/> (the model's scores) are left unchanged.</summary>
+    public SampledToken Next(ReadOnlySpan<float> logits)
+    {
+        if (_scratch.Length != logits.Length) _scratch = new float[logits.Length];
+        var work = _scratch.AsSpan();
+        logits.CopyTo(work);
+        Process(work);
+        var id = _p.Temperature <= 0 ? Sampler.ArgMax(work) : _sampler.Sample(work, CounterRng.Uniform(RowSeed, (ulong)Step));
+        var lp = _p.TopLogprobs is int top ? TokenLogprobs.At(logits, id, top) : null;
+        Record(id);
+        return new SampledToken(id, lp);
+    }
+
+    /// <summary>The logits edits in order (mask, bias, repetition, presence/frequency, min_p), in place.</summary>
+    public void Process(Span<float> logits)
+    {
+        Grammar?.MaskLogits(logits);
+        if (_p.LogitBias.Count > 0) LogitsProcessors.ApplyLogitBias(logits, _p.LogitBias);
+        LogitsProcessors.ApplyRepetitionPenalty(logits, _seen, _p.RepetitionPenalty);
+        LogitsProcessors.ApplyPresenceFrequency(logits, _counts, _p.PresencePenalty, _p.FrequencyPenalty);
+        LogitsProcessors.ApplyMinP(logits, _p.MinP, _p.Temperature);
+    }
+
+    /// <summary>Records an id as generated (done by <see cref="Next"/>; for ids forced from outside).</summary>
+    public void Record(int id)
+    {
+        if (Grammar is not null && !Grammar.Accept(id))
+            throw new InvalidOperationException($"token {id} does not fit the output grammar");
+        _counts[id] = _counts.GetValueOrDefault(id) + 1;
+        if (_p.RepetitionPenalty != 1f) _seen.Add(id);
+        Step++;
+    }
+}
