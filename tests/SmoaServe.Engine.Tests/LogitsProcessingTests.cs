@@ -105,7 +105,7 @@ public sealed class LogitsProcessingTests
         return logits;
     }
 
-    static SamplingParameters Params(long? seed) => new()
+    static SamplingParams Params(long? seed) => new()
     {
         Temperature = 0.9, TopP = 0.95, TopK = 40, MinP = 0.02, PresencePenalty = 0.3f, FrequencyPenalty = 0.2f,
         RepetitionPenalty = 1.1f, LogitBias = new Dictionary<int, float> { [3] = 2f }, Seed = seed, TopLogprobs = 3,
@@ -151,7 +151,7 @@ public sealed class LogitsProcessingTests
     [Fact]
     public void Sampler_applies_penalties_but_reports_raw_logprobs()
     {
-        var p = new SamplingParameters { Temperature = 0, FrequencyPenalty = 2f, TopLogprobs = 2 };
+        var p = new SamplingParams { Temperature = 0, FrequencyPenalty = 2f, TopLogprobs = 2 };
         var s = new SequenceSampler(p, [], 1);
         float[] logits = [3f, 2.5f, 0f];
         var first = s.Next(logits);
@@ -167,7 +167,7 @@ public sealed class LogitsProcessingTests
     public void Sampling_distribution_follows_the_penalised_softmax()
     {
         // presence 1 on id 0 (generated once): probabilities ∝ exp([2 − 1, 1, 0]) = e, e, 1
-        var p = new SamplingParameters { Temperature = 1, PresencePenalty = 1f, Seed = 3 };
+        var p = new SamplingParams { Temperature = 1, PresencePenalty = 1f, Seed = 3 };
         float[] logits = [2f, 1f, 0f];
         var counts = new int[3];
         const int trials = 20_000;
@@ -185,13 +185,13 @@ public sealed class LogitsProcessingTests
     [Fact]
     public void Validation_names_the_parameter()
     {
-        Assert.Contains("presence_penalty", Assert.Throws<ArgumentException>(() => new SamplingParameters { PresencePenalty = 3f }.Validate(10)).Message);
-        Assert.Contains("min_p", Assert.Throws<ArgumentException>(() => new SamplingParameters { MinP = 1.5 }.Validate(10)).Message);
+        Assert.Contains("presence_penalty", Assert.Throws<ArgumentException>(() => new SamplingParams { PresencePenalty = 3f }.Validate(10)).Message);
+        Assert.Contains("min_p", Assert.Throws<ArgumentException>(() => new SamplingParams { MinP = 1.5 }.Validate(10)).Message);
         Assert.Contains("logit_bias", Assert.Throws<ArgumentException>(() =>
-            new SamplingParameters { LogitBias = new Dictionary<int, float> { [10] = 1f } }.Validate(10)).Message);
-        Assert.Contains("top_logprobs", Assert.Throws<ArgumentException>(() => new SamplingParameters { TopLogprobs = 21 }.Validate(10)).Message);
-        Assert.Contains("repetition_penalty", Assert.Throws<ArgumentException>(() => new SamplingParameters { RepetitionPenalty = 0f }.Validate(10)).Message);
-        new SamplingParameters { TopLogprobs = 20, LogitBias = new Dictionary<int, float> { [9] = -100f } }.Validate(10);
+            new SamplingParams { LogitBias = new Dictionary<int, float> { [10] = 1f } }.Validate(10)).Message);
+        Assert.Contains("top_logprobs", Assert.Throws<ArgumentException>(() => new SamplingParams { TopLogprobs = 21 }.Validate(10)).Message);
+        Assert.Contains("repetition_penalty", Assert.Throws<ArgumentException>(() => new SamplingParams { RepetitionPenalty = 0f }.Validate(10)).Message);
+        new SamplingParams { TopLogprobs = 20, LogitBias = new Dictionary<int, float> { [9] = -100f } }.Validate(10);
     }
 
     [Fact]
@@ -203,7 +203,7 @@ public sealed class LogitsProcessingTests
         var rng = new Random(1);
         for (var r = 0; r < 5; r++)
         {
-            var s = new SequenceSampler(new SamplingParameters { Temperature = 1, Seed = r }, [], CounterRng.RowSeed(r, 0), new GrammarMatcher(grammar, vocab));
+            var s = new SequenceSampler(new SamplingParams { Temperature = 1, Seed = r }, [], CounterRng.RowSeed(r, 0), new GrammarMatcher(grammar, vocab));
             var ids = new List<int>();
             for (var step = 0; step < 200 && !s.Grammar!.IsTerminated; step++)
             {

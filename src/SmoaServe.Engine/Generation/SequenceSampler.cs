@@ -2,44 +2,6 @@ using SmoaServe.Text.Structured;
 
 namespace SmoaServe.Engine.Generation;
 
-/// <summary>
-/// The sampling fields of an OpenAI / vLLM request, for one output sequence. Temperature 0 is greedy; TopK 0,
-/// TopP 1, MinP 0, penalties 0 (repetition 1) and no bias leave the logits alone. TopLogprobs null: no logprobs.
-/// </summary>
-public sealed record SamplingParameters
-{
-    public double Temperature { get; init; }
-    public int TopK { get; init; }
-    public double TopP { get; init; } = 1.0;
-    public double MinP { get; init; }
-    public float PresencePenalty { get; init; }
-    public float FrequencyPenalty { get; init; }
-    public float RepetitionPenalty { get; init; } = 1f;
-    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
-    /// <summary>The request's seed; choice i samples with seed + i (<see cref="CounterRng.RowSeed"/>). Null: random.</summary>
-    public long? Seed { get; init; }
-    /// <summary>Return the chosen id's logprob and this many alternatives (0..20); null: no logprobs.</summary>
-    public int? TopLogprobs { get; init; }
-
-    /// <summary>Throws ArgumentException with an OpenAI-style message for out-of-range values (→ HTTP 400).</summary>
-    public void Validate(int vocabSize)
-    {
-        new SamplingOptions(Temperature, TopK, TopP).Validate();
-        if (double.IsNaN(MinP) || MinP < 0 || MinP > 1) throw new ArgumentException($"min_p must be in [0, 1] (got {MinP})");
-        if (!(PresencePenalty >= -2 && PresencePenalty <= 2)) throw new ArgumentException($"presence_penalty must be in [-2, 2] (got {PresencePenalty})");
-        if (!(FrequencyPenalty >= -2 && FrequencyPenalty <= 2)) throw new ArgumentException($"frequency_penalty must be in [-2, 2] (got {FrequencyPenalty})");
-        if (!(RepetitionPenalty > 0 && RepetitionPenalty <= 100)) throw new ArgumentException($"repetition_penalty must be in (0, 100] (got {RepetitionPenalty})");
-        if (TopLogprobs is < 0 or > TokenLogprobs.MaxTopLogprobs)
-            throw new ArgumentException($"top_logprobs must be in [0, {TokenLogprobs.MaxTopLogprobs}] (got {TopLogprobs})");
-        if (LogitBias.Count > vocabSize) throw new ArgumentException("logit_bias has more entries than the vocabulary");
-        foreach (var (id, bias) in LogitBias)
-        {
-            if ((uint)id >= (uint)vocabSize) throw new ArgumentException($"logit_bias token id {id} is outside the vocabulary (0..{vocabSize - 1})");
-            if (!float.IsFinite(bias)) throw new ArgumentException($"logit_bias for token {id} must be a finite number");
-        }
-    }
-}
-
 /// <summary>A sampled id, with its logprobs when requested.</summary>
 public readonly record struct SampledToken(int TokenId, PositionLogprobs? Logprobs);
 
@@ -52,7 +14,7 @@ public readonly record struct SampledToken(int TokenId, PositionLogprobs? Logpro
 /// </summary>
 public sealed class SequenceSampler
 {
-    readonly SamplingParameters _p;
+    readonly SamplingParams _p;
     readonly Sampler _sampler;
     readonly HashSet<int> _seen;
     readonly Dictionary<int, int> _counts = new();
@@ -60,10 +22,10 @@ public sealed class SequenceSampler
 
     /// <param name="rowSeed">this sequence's seed (<see cref="CounterRng.RowSeed"/>)</param>
     /// <param name="grammar">constrains the output (response_format / tool arguments); accepts every sampled id</param>
-    public SequenceSampler(SamplingParameters parameters, IReadOnlyList<int> promptIds, ulong rowSeed, GrammarMatcher? grammar = null)
+    public SequenceSampler(SamplingParams parameters, IReadOnlyList<int> promptIds, ulong rowSeed, GrammarMatcher? grammar = null)
     {
         _p = parameters;
-        _sampler = new Sampler(new SamplingOptions(parameters.Temperature, parameters.TopK, parameters.TopP));
+        _sampler = new Sampler(parameters);
         _seen = parameters.RepetitionPenalty != 1f ? promptIds.ToHashSet() : [];
         RowSeed = rowSeed;
         Grammar = grammar;
