@@ -24,6 +24,9 @@ public sealed class TrainingBatch : IDisposable
     /// <summary>int64 [n]: the token each scored position must predict.</summary>
     public Tensor LossTargets { get; }
 
+    /// <summary>Bound on B·T·T of a packed or explicit mask (one byte each on the device).</summary>
+    public const long MaxMaskElements = 1L << 32;
+
     public int Rows { get; }
     public int Length { get; }
     /// <summary>Real (non-padding) tokens.</summary>
@@ -31,13 +34,32 @@ public sealed class TrainingBatch : IDisposable
     /// <summary>Scored predictions (n).</summary>
     public long ScoredCount { get; }
 
-    private TrainingBatch(long[] ids, long[]? positions, bool[]? mask, List<long> lossPositions, List<long> lossTargets,
+    /// <param name="segments">packed rows: the example index of every token (padding -1); tokens attend causally within their segment</param>
+    /// <param name="keyMask">other masks: 1 where a token may be attended to (causally; every token also attends to itself)</param>
+    private TrainingBatch(long[] ids, long[]? positions, long[]? segments, long[]? keyMask, List<long> lossPositions, List<long> lossTargets,
         int rows, int length, long tokens, Device device)
     {
+        if ((segments is not null || keyMask is not null) && (long)rows * length * length > MaxMaskElements)
+            throw new ArgumentException($"an attention mask for {rows} rows of {length} tokens would hold {(long)rows * length * length:N0} elements (at most {MaxMaskElements:N0}); use shorter rows or fewer per batch");
         using var scope = NewDisposeScope();
         InputIds = tensor(ids, dtype: ScalarType.Int64).view(rows, length).to(device).DetachFromDisposeScope();
         Positions = positions is null ? null : tensor(positions, dtype: ScalarType.Int64).view(rows, length).to(device).DetachFromDisposeScope();
-        Mask = mask is null ? null : tensor(mask).view(rows, 1, length, length).to(device).DetachFromDisposeScope();
+        if (segments is not null || keyMask is not null)
+        {
+            var causal = ones([length, length], ScalarType.Bool, device).tril();                        // [T, T]: key k ≤ query q
+            Tensor allowed;
+            if (segments is not null)
+            {
+                var seg = tensor(segments, dtype: ScalarType.Int64).view(rows, length).to(device);       // [B, T]
+                allowed = seg.unsqueeze(2).eq(seg.unsqueeze(1)).logical_and(causal);                     // [B, T, T]
+            }
+            else
+            {
+                var keys = tensor(keyMask!, dtype: ScalarType.Int64).view(rows, 1, length).to(device).eq(1);   // [B, 1, T]
+                allowed = keys.logical_or(eye(length, dtype: ScalarType.Bool, device: device)).logical_and(causal);
+            }
+            Mask = allowed.unsqueeze(1).DetachFromDisposeScope();                                        // [B, 1, T, T]
+        }
         LossPositions = tensor(lossPositions.ToArray(), dtype: ScalarType.Int64).to(device).DetachFromDisposeScope();
         LossTargets = tensor(lossTargets.ToArray(), dtype: ScalarType.Int64).to(device).DetachFromDisposeScope();
         Rows = rows;
@@ -64,7 +86,7 @@ public sealed class TrainingBatch : IDisposable
             AddScored(e, rowStart, lossPositions, lossTargets);
             tokens += e.Ids.Length;
         }
-        return new TrainingBatch(ids, null, null, lossPositions, lossTargets, examples.Count, length, tokens, device);
+        return new TrainingBatch(ids, null, null, null, lossPositions, lossTargets, examples.Count, length, tokens, device);
     }
 
     /// <summary>
@@ -79,7 +101,7 @@ public sealed class TrainingBatch : IDisposable
         var ids = new long[cells];
         Array.Fill(ids, padId);
         var positions = new long[cells];
-        var segment = new int[cells];
+        var segment = new long[cells];
         Array.Fill(segment, -1);   // padding: its own segment (attends to earlier padding only)
         var lossPositions = new List<long>();
         var lossTargets = new List<long>();
@@ -103,15 +125,7 @@ public sealed class TrainingBatch : IDisposable
             }
             for (int t = offset; t < length; t++) positions[rowStart + t] = t - offset;
         }
-        var mask = new bool[cells * length];
-        for (int b = 0; b < rows.Count; b++)
-            for (int q = 0; q < length; q++)
-            {
-                long maskRow = ((long)b * length + q) * length;
-                int sq = segment[(long)b * length + q];
-                for (int k = 0; k <= q; k++) mask[maskRow + k] = segment[(long)b * length + k] == sq;
-            }
-        return new TrainingBatch(ids, positions, mask, lossPositions, lossTargets, rows.Count, length, tokens, device);
+        return new TrainingBatch(ids, positions, segment, null, lossPositions, lossTargets, rows.Count, length, tokens, device);
     }
 
     /// <summary>
@@ -125,7 +139,6 @@ public sealed class TrainingBatch : IDisposable
             throw new InvalidDataException($"input_ids, attention_mask and labels must all be [B, T] (got [{string.Join(", ", inputIds.shape)}], [{string.Join(", ", attentionMask.shape)}], [{string.Join(", ", labels.shape)}])");
         int rows = (int)inputIds.shape[0], length = (int)inputIds.shape[1];
         if (rows == 0 || length == 0) throw new InvalidDataException("the batch is empty");
-        if ((long)rows * length * length > 1L << 30) throw new InvalidDataException($"batch [{rows}, {length}] is too large");
         long[] ids = Longs(inputIds), mask = Longs(attentionMask), labelValues = Longs(labels);
         foreach (long id in ids)
             if (id < 0 || id >= vocabSize) throw new InvalidDataException($"input_ids holds {id}, outside the vocabulary (0..{vocabSize - 1})");
@@ -153,16 +166,7 @@ public sealed class TrainingBatch : IDisposable
                 lossTargets.Add(label);
             }
         }
-        bool[]? allowed = null;
-        if (!rightPadded)
-        {
-            allowed = new bool[(long)rows * length * length];
-            for (int b = 0; b < rows; b++)
-                for (int q = 0; q < length; q++)
-                    for (int k = 0; k <= q; k++)
-                        allowed[((long)b * length + q) * length + k] = k == q || mask[(long)b * length + k] == 1;
-        }
-        return new TrainingBatch(ids, null, allowed, lossPositions, lossTargets, rows, length, tokens, device);
+        return new TrainingBatch(ids, null, null, rightPadded ? null : mask, lossPositions, lossTargets, rows, length, tokens, device);
 
         static long[] Longs(Tensor t)
         {

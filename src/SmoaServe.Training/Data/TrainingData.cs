@@ -28,17 +28,28 @@ public sealed class TrainingData
         Packing = packing;
     }
 
-    /// <summary>Rows of one epoch, in training order (each row: its examples).</summary>
+    /// <summary>
+    /// Rows of one epoch, in training order (each row: its examples). Without packing a row is one example and every
+    /// epoch shuffles the examples; with packing the rows are packed once (from a shuffle fixed by the seed), so every
+    /// epoch has the same number of rows, and every epoch shuffles the rows.
+    /// </summary>
     public List<TokenizedExample[]> EpochRows(int epoch, ulong seed)
     {
-        var order = Enumerable.Range(0, Examples.Count).ToArray();
+        var rows = Packing ? PackedRows(seed) : Examples.Select(e => new[] { e }).ToList();
+        var order = Enumerable.Range(0, rows.Count).ToArray();
         new Random(ShuffleSeed(seed, epoch)).Shuffle(order);
+        return order.Select(i => rows[i]).ToList();
+    }
+
+    private (ulong Seed, List<TokenizedExample[]> Rows)? _packed;
+
+    /// <summary>Examples in a seed-fixed shuffled order laid one after another into rows of at most <see cref="RowLength"/> tokens.</summary>
+    private List<TokenizedExample[]> PackedRows(ulong seed)
+    {
+        if (_packed is { } cached && cached.Seed == seed) return cached.Rows;
+        var order = Enumerable.Range(0, Examples.Count).ToArray();
+        new Random(ShuffleSeed(seed, -1)).Shuffle(order);
         var rows = new List<TokenizedExample[]>();
-        if (!Packing)
-        {
-            foreach (int i in order) rows.Add([Examples[i]]);
-            return rows;
-        }
         var current = new List<TokenizedExample>();
         int used = 0;
         foreach (int i in order)
@@ -54,13 +65,14 @@ public sealed class TrainingData
             used += e.Ids.Length;
         }
         if (current.Count > 0) rows.Add(current.ToArray());
+        _packed = (seed, rows);
         return rows;
     }
 
     /// <summary>System.Random's seeded generator is stable across .NET versions; the seed is a SplitMix64 of (seed, epoch).</summary>
     private static int ShuffleSeed(ulong seed, int epoch)
     {
-        ulong z = unchecked(seed + 0x9E3779B97F4A7C15UL * (ulong)(epoch + 1));
+        ulong z = unchecked(seed + 0x9E3779B97F4A7C15UL * (ulong)(epoch + 2));
         z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
         z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
         return (int)((z ^ (z >> 31)) & int.MaxValue);
