@@ -17,16 +17,19 @@ public sealed class AdapterTrainingTests
     /// <summary>
     /// The hook's output and gradients for one projection group equal those of y + x ΔWᵀ with ΔW built densely by the
     /// spec (SmoaMath.DenseDelta) from the same factors: HiRA (K = 1) and K = 3 with uneven ranks (2, 2, 1), on a part
-    /// that is not first in its fused group.
+    /// that is not first in its fused group; both training forms.
     /// </summary>
     [Theory]
-    [InlineData(4, 1, Projection.Up)]
-    [InlineData(5, 3, Projection.K)]
-    [InlineData(5, 3, Projection.Down)]
-    public void Smoa_hook_matches_the_dense_update(int r, int k, Projection target)
+    [InlineData(4, 1, Projection.Up, SmoaTrainingForm.Auto)]
+    [InlineData(4, 1, Projection.Up, SmoaTrainingForm.Blockwise)]
+    [InlineData(5, 3, Projection.K, SmoaTrainingForm.Auto)]
+    [InlineData(5, 3, Projection.Down, SmoaTrainingForm.Blockwise)]
+    [InlineData(5, 3, Projection.Down, SmoaTrainingForm.Folded)]
+    public void Smoa_hook_matches_the_dense_update(int r, int k, Projection target, SmoaTrainingForm form)
     {
         var config = AdapterConfig.Smoa(r, k, 7, [target]);
         using var adapter = BatchTests.RandomAdapter(config);
+        adapter.Form = form;
         var (group, part) = ProjectionGroups.Of(target);
         var weight = Model.GroupWeight(0, group);
         long offset = ProjectionGroups.Parts(group).Take(part).Sum(p => Model.ProjectionWeight(0, p).shape[0]);

@@ -15,14 +15,16 @@ namespace SmoaServe.Training.Tests;
 public sealed class TrainStepFixtureTests(ITestOutputHelper output)
 {
     [Theory]
-    [InlineData("train-step-smoa.safetensors", "smoa-adapter")]
-    [InlineData("train-step-lora.safetensors", "lora-adapter")]
-    public void Three_steps_meet_the_reference(string fixture, string adapterDir)
+    [InlineData("train-step-smoa.safetensors", "smoa-adapter", SmoaTrainingForm.Blockwise)]
+    [InlineData("train-step-smoa.safetensors", "smoa-adapter", SmoaTrainingForm.Folded)]
+    [InlineData("train-step-lora.safetensors", "lora-adapter", SmoaTrainingForm.Auto)]
+    public void Three_steps_meet_the_reference(string fixture, string adapterDir, SmoaTrainingForm form)
     {
         var model = Model;
         using var reference = SafeTensorsFile.Open(Path.Combine(LlamaA, fixture));
         using var definition = AdapterFiles.Read(Path.Combine(LlamaA, adapterDir), BaseModelView.From(model));
         using var adapter = TrainableAdapter.FromDefinition(model, definition);
+        adapter.Form = form;
         using var ids = reference.ReadTensor("input_ids");
         using var mask = reference.ReadTensor("attention_mask");
         using var labels = reference.ReadTensor("labels");

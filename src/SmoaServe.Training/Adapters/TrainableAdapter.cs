@@ -8,6 +8,19 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace SmoaServe.Training.Adapters;
 
+/// <summary>How a trainable SMoA module computes ΔW x (same values, different cost).</summary>
+public enum SmoaTrainingForm
+{
+    /// <summary>Folded for K = 1, blockwise otherwise.</summary>
+    Auto,
+    /// <summary><see cref="SmoaMath.AddBlockwiseDelta"/>: each block (B_k A_k) ⊙ M_k formed and applied to the permuted
+    /// activations — N·m·n/K multiply-adds per forward, plus gathers / scatters of the activations.</summary>
+    Blockwise,
+    /// <summary><see cref="SmoaMath.FoldFactors"/> + <see cref="SmoaMath.FoldedDenseDelta"/>: ΔW = (B' A') ⊙ W formed
+    /// densely and applied with one GEMM — N·m·n multiply-adds, no permutation of activations.</summary>
+    Folded,
+}
+
 /// <summary>
 /// An SMoA (any K; K = 1 is HiRA) or LoRA / rsLoRA adapter whose factors are trainable leaves (float32, on the model's
 /// device) over a frozen <see cref="LlamaModel"/>. Its hook adds each targeted projection's ΔW x to the forward with
@@ -24,6 +37,10 @@ public sealed class TrainableAdapter : ITrainable
 
     public AdapterConfig Config { get; }
     public IReadOnlyList<TrainableTensor> Parameters { get; }
+
+    /// <summary>How SMoA's ΔW x is computed in training (the result is the same; the cost differs). Default: folded for
+    /// K = 1 (HiRA: the block is the whole matrix, so permuting activations buys nothing), blockwise otherwise.</summary>
+    public SmoaTrainingForm Form { get; set; } = SmoaTrainingForm.Auto;
 
     private TrainableAdapter(AdapterConfig config, List<Module> modules)
     {
@@ -216,7 +233,22 @@ public sealed class TrainableAdapter : ITrainable
 
         // SMoA: A_k zero-padded [K, rpad, Cmax], B_kᵀ zero-padded [K, rpad, Rmax] (unscaled), the frozen anchors M_kᵀ
         public SmoaLayout? Layout { get; private init; }
-        public SmoaAnchors? Anchors { get; private init; }
+        /// <summary>The frozen blocks M_kᵀ for the blockwise form, copied from W when first needed.</summary>
+        public SmoaAnchors Anchors
+        {
+            get
+            {
+                if (_anchors is null)
+                {
+                    using var scope = NewDisposeScope();
+                    _anchors = new SmoaAnchors(Layout!, Weight!);
+                }
+                return _anchors;
+            }
+        }
+        private SmoaAnchors? _anchors;
+        /// <summary>W of this projection (owned by the model), for the folded form.</summary>
+        public Tensor? Weight { get; private init; }
         public Tensor? APad { get; private init; }
         public Tensor? BtPad { get; private init; }
         public IReadOnlyList<int> BlockRanks { get; private init; } = [];
@@ -254,12 +286,11 @@ public sealed class TrainableAdapter : ITrainable
                 aPad[blk].narrow(0, 0, a.shape[0]).narrow(1, 0, a.shape[1]).copy_(a);
                 btPad[blk].narrow(0, 0, b.shape[1]).narrow(1, 0, b.shape[0]).copy_(b.t());
             }
-            var anchors = new SmoaAnchors(layout, model.ProjectionWeight(layer, p));
             return new Module
             {
                 Layer = layer, Projection = p, PartOffset = offset, Out = m, In = n,
                 Name = $"layers.{layer}.{ProjectionNames.ModuleName(p)}",
-                Layout = layout, Anchors = anchors, BlockRanks = config.BlockRanks,
+                Layout = layout, BlockRanks = config.BlockRanks, Weight = model.ProjectionWeight(layer, p),
                 APad = Leaf(aPad.DetachFromDisposeScope()), BtPad = Leaf(btPad.DetachFromDisposeScope()),
             };
         }
@@ -290,7 +321,7 @@ public sealed class TrainableAdapter : ITrainable
         }
 
         /// <summary>y[..., this part] += ΔW x with autograd into the factors. x [B, T, in], y [B, T, Σout] of the group.</summary>
-        public void AddDelta(Tensor x, Tensor y, double scale)
+        public void AddDelta(Tensor x, Tensor y, double scale, SmoaTrainingForm form)
         {
             var part = y.narrow(-1, PartOffset, Out);                                             // [B, T, out]: a view of y
             var dtype = x.dtype;
@@ -301,15 +332,23 @@ public sealed class TrainableAdapter : ITrainable
                 return;
             }
             long rows = x.shape[0] * x.shape[1];
+            if (form == SmoaTrainingForm.Folded || form == SmoaTrainingForm.Auto && Layout!.K == 1)
+            {
+                var (blocksA, blocksB) = Blocks(leaf => leaf.to(dtype));
+                var (foldedA, foldedBt) = SmoaMath.FoldFactors(Layout!, blocksA, blocksB, scale);              // A' [r, in], scale·B'ᵀ [r, out]
+                var folded = SmoaMath.FoldedDenseDelta(x.reshape(1, rows, In), foldedA.unsqueeze(0), foldedBt.unsqueeze(0), Weight!);   // [1, N, out]
+                part.add_(folded.view(part.shape));
+                return;
+            }
             var a = APad!.to(dtype).unsqueeze(1);                                                  // [K, 1, rpad, Cmax]
             var bt = (BtPad! * scale).to(dtype).unsqueeze(1);                                      // [K, 1, rpad, Rmax]
             // every row uses this one adapter: the batch's tokens are one row of the blockwise form
-            SmoaMath.AddBlockwiseDelta(x.reshape(1, rows, In), part.view(1, rows, Out), Anchors!.AnchorsT, a, bt, Anchors.ColIndex, Anchors.RowIndex);
+            SmoaMath.AddBlockwiseDelta(x.reshape(1, rows, In), part.view(1, rows, Out), Anchors.AnchorsT, a, bt, Anchors.ColIndex, Anchors.RowIndex);
         }
 
         public void Dispose()
         {
-            A?.Dispose(); B?.Dispose(); APad?.Dispose(); BtPad?.Dispose(); Anchors?.Dispose();
+            A?.Dispose(); B?.Dispose(); APad?.Dispose(); BtPad?.Dispose(); _anchors?.Dispose();
         }
     }
 
@@ -319,7 +358,7 @@ public sealed class TrainableAdapter : ITrainable
         public Tensor Apply(int layer, ProjectionGroup group, Tensor x, Tensor y)
         {
             if (!adapter._byGroup.TryGetValue((layer, group), out var modules)) return y;
-            foreach (var m in modules) m.AddDelta(x, y, adapter.Config.Scaling);
+            foreach (var m in modules) m.AddDelta(x, y, adapter.Config.Scaling, adapter.Form);
             return y;
         }
     }
