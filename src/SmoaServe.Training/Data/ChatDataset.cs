@@ -23,7 +23,8 @@ public sealed record ChatDataOptions
     /// <summary>Cut longer conversations to <see cref="MaxSequenceLength"/> (with a warning per line) instead of failing.</summary>
     public bool Truncate { get; init; }
     public int MaxLineChars { get; init; } = 16 << 20;
-    public int MaxMessages { get; init; } = 4096;
+    /// <summary>Messages per conversation (each assistant message renders the conversation up to it twice).</summary>
+    public int MaxMessages { get; init; } = 512;
     public int MaxLines { get; init; } = 10_000_000;
 }
 
