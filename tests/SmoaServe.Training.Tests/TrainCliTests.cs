@@ -98,6 +98,8 @@ public sealed class TrainCliTests
         Assert.True(root.GetProperty("tokens_per_s").GetDouble() > 0);
         Assert.True(root.GetProperty("share_of_gemm_peak").GetDouble() > 0);
         Assert.True(root.GetProperty("gemm_peak_tflops_per_s").GetDouble() > 0);
+        Assert.True(root.GetProperty("adapter_flops_per_token").GetDouble() > 0);
+        Assert.Equal(root.GetProperty("flops_per_token").GetDouble(), root.GetProperty("model_flops_per_token").GetDouble() + root.GetProperty("adapter_flops_per_token").GetDouble(), 3);
         Assert.Equal("smoa", root.GetProperty("adapter_kind").GetString());
         Assert.Equal(7, root.GetProperty("target_modules").GetArrayLength());
     }

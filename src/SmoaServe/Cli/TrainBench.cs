@@ -17,9 +17,11 @@ namespace SmoaServe.Cli;
 /// <summary>
 /// `smoa bench train`: adapter-training throughput (tokens/s through forward, backward and AdamW) on a synthetic or
 /// real model, and the share of the machine's measured GEMM peak that the model's own arithmetic reaches.
-/// Model FLOPs per trained token, base frozen: 4·P (the matmul weights P once forward and once for the input gradient;
-/// no weight gradients) + 12·L·T·H·D (attention scores and values, forward and twice that backward, PaLM's count).
-/// The adapter's own arithmetic is not counted: it is overhead on top of the model.
+/// FLOPs per trained token, base frozen: the model's 4·P (the matmul weights P once forward and once for the input
+/// gradient; no weight gradients) + 12·L·T·H·D (attention scores and values, forward and twice that backward, PaLM's
+/// count), plus the adapter's own multiply-adds in the form it trains in (forward, input gradient, factor gradient):
+/// LoRA 6·r·(m + n) per module; SMoA blockwise 6·Σ_k |R_k|·|C_k| ≈ 6·m·n/K, folded 6·m·n (+ forming the blocks once per
+/// step, spread over the step's tokens).
 /// </summary>
 internal static class TrainBench
 {
@@ -92,12 +94,15 @@ internal static class TrainBench
         var c = model.Config;
         long matmulParameters = SyntheticLlama.ParameterCount(c) - (long)c.VocabSize * c.HiddenSize * (c.TieWordEmbeddings ? 0 : 1)   // minus the embedding table (a lookup)
                                 - (2L * c.NumLayers + 1) * c.HiddenSize;                                                          // minus the norm gains
-        double flopsPerToken = 4.0 * matmulParameters + 12.0 * c.NumLayers * seq * c.NumHeads * c.HeadDim;
+        double modelFlopsPerToken = 4.0 * matmulParameters + 12.0 * c.NumLayers * seq * c.NumHeads * c.HeadDim;
+        double adapterFlopsPerToken = AdapterFlopsPerToken(model, config, adapter.Form, (long)batch * seq, layouts);
+        double flopsPerToken = modelFlopsPerToken + adapterFlopsPerToken;
         double peak = Math.Max(peakBefore, MeasureGemmPeak(model.Device, model.Dtype, gemmSize));   // measured before and after: the better one
         double achieved = tokensPerSecond * flopsPerToken;
 
         log.WriteLine($"train: {tokensPerSecond:N0} tokens/s ({seconds / steps * 1000:F1} ms per step of {batch}x{seq}), last loss {loss:F3}");
-        log.WriteLine($"model arithmetic {achieved / 1e12:F3} TFLOP/s = {achieved / peak:P1} of the measured GEMM peak {peak / 1e12:F3} TFLOP/s ({gemmSize}x{gemmSize} {TorchRuntime.DtypeName(model.Dtype)})");
+        log.WriteLine($"arithmetic {achieved / 1e12:F3} TFLOP/s = {achieved / peak:P1} of the measured GEMM peak {peak / 1e12:F3} TFLOP/s ({gemmSize}x{gemmSize} {TorchRuntime.DtypeName(model.Dtype)}); " +
+                      $"per token {modelFlopsPerToken / 1e6:N0} MFLOP model + {adapterFlopsPerToken / 1e6:N0} MFLOP adapter; model alone {tokensPerSecond * modelFlopsPerToken / peak:P1} of the peak");
         if (json)
         {
             var result = new Dictionary<string, object?>
@@ -105,13 +110,17 @@ internal static class TrainBench
                 ["tokens_per_s"] = Math.Round(tokensPerSecond, 1),
                 ["step_seconds"] = Math.Round(seconds / steps, 4),
                 ["flops_per_token"] = flopsPerToken,
-                ["model_tflops_per_s"] = Math.Round(achieved / 1e12, 4),
+                ["model_flops_per_token"] = modelFlopsPerToken,
+                ["adapter_flops_per_token"] = adapterFlopsPerToken,
+                ["tflops_per_s"] = Math.Round(achieved / 1e12, 4),
                 ["gemm_peak_tflops_per_s"] = Math.Round(peak / 1e12, 4),
                 ["share_of_gemm_peak"] = Math.Round(achieved / peak, 4),
+                ["model_share_of_gemm_peak"] = Math.Round(tokensPerSecond * modelFlopsPerToken / peak, 4),
                 ["gemm_size"] = gemmSize,
                 ["adapter_kind"] = kind == AdapterKind.Smoa ? "smoa" : "lora",
                 ["r"] = config.R,
                 ["num_blocks"] = kind == AdapterKind.Smoa ? config.NumBlocks : null,
+                ["smoa_training_form"] = kind == AdapterKind.Smoa ? (adapter.Form == SmoaTrainingForm.Auto ? (config.NumBlocks == 1 ? "folded" : "blockwise") : adapter.Form.ToString().ToLowerInvariant()) : null,
                 ["target_modules"] = config.TargetModules.Select(ProjectionNames.ModuleName).ToArray(),
                 ["adapter_parameters"] = adapter.ParameterCount,
                 ["batch"] = batch,
@@ -125,6 +134,25 @@ internal static class TrainBench
             Console.WriteLine(JsonSerializer.Serialize(result));
         }
         return 0;
+    }
+
+    /// <summary>The adapter's multiply-adds ×2 per trained token (see the class summary); <paramref name="tokens"/> per step.</summary>
+    private static double AdapterFlopsPerToken(LlamaModel model, AdapterConfig config, SmoaTrainingForm form, long tokens, LayoutStore? layouts)
+    {
+        bool folded = form == SmoaTrainingForm.Folded || form == SmoaTrainingForm.Auto && config.NumBlocks == 1;
+        double total = 0;
+        for (int layer = 0; layer < model.Config.NumLayers; layer++)
+            foreach (var p in config.TargetModules)
+            {
+                var w = model.ProjectionWeight(layer, p);
+                double m = w.shape[0], n = w.shape[1];
+                if (config.Kind == AdapterKind.Lora) { total += 6.0 * config.R * (m + n); continue; }
+                var layout = layouts!.Get(layer, p, config.NumBlocks);
+                double blocks = folded ? m * n : Enumerable.Range(0, layout.K).Sum(k => (double)layout.Rows[k].Length * layout.Cols[k].Length);
+                double formed = folded ? config.R * m * n : Enumerable.Range(0, layout.K).Sum(k => (double)config.BlockRanks[k] * layout.Rows[k].Length * layout.Cols[k].Length);
+                total += 6.0 * blocks + 6.0 * formed / tokens;
+            }
+        return total;
     }
 
     /// <summary>The best of three rounds of square matrix products in the model's dtype on its device: 2n³ FLOPs each.</summary>
