@@ -40,6 +40,8 @@ public sealed class BenchCommand : ICommand
         {ModelOptions.Help}
 
         {ServeBench.Usage}
+
+        {TrainBench.Usage}
         """;
 
     private static readonly string[] Options =
@@ -49,6 +51,7 @@ public sealed class BenchCommand : ICommand
     public int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "train") return TrainBench.Run(args[1..]);
         var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
         if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode ... or smoa bench serve ...");
         var s = Settings.From(a);

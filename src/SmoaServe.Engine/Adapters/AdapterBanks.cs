@@ -8,7 +8,7 @@ namespace SmoaServe.Engine.Adapters;
 /// The frozen anchors of one SMoA layout of one (layer, module): M_k = W[R_k, C_k], copied once into a contiguous,
 /// zero-padded block stack and shared by every adapter that uses this layout (every adapter with this K, normally).
 /// </summary>
-internal sealed class SmoaAnchors : IDisposable
+public sealed class SmoaAnchors : IDisposable
 {
     public SmoaLayout Layout { get; }
     public int RowsMax { get; }   // Rmax = max |R_k|
