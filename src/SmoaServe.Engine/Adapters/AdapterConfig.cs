@@ -141,13 +141,10 @@ public sealed record AdapterConfig(
             throw new InvalidDataException($"{source}: modules_to_save is not supported");
     }
 
-    /// <summary>A value from the file as messages show it: quoted, at most 40 characters, letters, digits and a few
-    /// punctuation marks only (messages end up in logs; a config must not be a way to write into them).</summary>
-    private static string Shown(string value)
-    {
-        var kept = new string(value.Take(40).Select(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or ' ' ? c : '?').ToArray());
-        return "'" + kept + (value.Length > 40 ? "…" : "") + "'";
-    }
+    /// <summary>A value from the file as messages show it: quoted when it is a plain name of at most 40 letters, digits,
+    /// '_', '-' or '.', else not at all (messages end up in logs: a config must not be a way to write into them).</summary>
+    private static string Shown(string value) =>
+        value.Length is > 0 and <= 40 && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.') ? "'" + value + "'" : "(a value that is not a plain name)";
 
     private static string? String(JsonElement root, string name, string source) =>
         !root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null

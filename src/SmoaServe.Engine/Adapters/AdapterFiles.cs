@@ -33,8 +33,7 @@ public static class AdapterFiles
         var config = AdapterConfig.Parse(SafeFile.ReadAllBytes(directory, ConfigFile, AdapterConfig.MaxConfigBytes), configPath);
         string weightsPath = Path.Combine(directory, WeightsFile);
 
-        using var file = SafeTensorsFile.Open(SafeFile.OpenRegular(directory, WeightsFile, MaxWeightsBytes), weightsPath);
-        if (file.Names.Count > MaxTensors) throw new InvalidDataException($"{weightsPath}: {file.Names.Count} tensors, more than the {MaxTensors} allowed");
+        using var file = SafeTensorsFile.Open(SafeFile.OpenRegular(directory, WeightsFile, MaxWeightsBytes), weightsPath, MaxTensors);
         AdapterDefinition.CheckTensorSpecs(config, file.Infos, model, weightsPath);
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         AdapterDefinition definition;

@@ -57,8 +57,11 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// <summary>Tensor names in header order.</summary>
     public IReadOnlyList<string> Names { get; }
 
-    private SafeTensorsFile(string path, FileStream? stream = null)
+    private readonly int _maxTensors;
+
+    private SafeTensorsFile(string path, FileStream? stream = null, int maxTensors = int.MaxValue)
     {
+        _maxTensors = maxTensors;
         Path = path;
         try { FileLength = stream?.Length ?? new FileInfo(path).Length; }
         catch { stream?.Dispose(); throw; }
@@ -98,7 +101,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// Maps a file already opened by the caller (e.g. by <see cref="SafeFile.OpenRegular"/>, which checked what it is); the
     /// mapping takes over the stream. Nothing but the header is read until a tensor is asked for.
     /// </summary>
-    public static SafeTensorsFile Open(FileStream stream, string path) => new(path, stream);
+    /// <param name="maxTensors">a header listing more tensors is refused while it is parsed</param>
+    public static SafeTensorsFile Open(FileStream stream, string path, int maxTensors = int.MaxValue) => new(path, stream, maxTensors);
 
     /// <summary>Dtype, shape and byte range of every tensor, from the header alone (no data read).</summary>
     public IReadOnlyDictionary<string, SafeTensorInfo> Infos => _tensors;
@@ -186,6 +190,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                         metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
                     continue;
                 }
+                if (names.Count >= _maxTensors) throw Bad($"more than the {_maxTensors} tensors allowed");
                 if (prop.Name.Length > MaxNameLength) throw Bad($"a tensor name is longer than {MaxNameLength} characters");
                 var info = ParseEntry(prop.Name, prop.Value, dataLength);
                 if (!tensors.TryAdd(info.Name, info)) throw Bad($"tensor '{Printable(info.Name)}' appears twice");
