@@ -24,22 +24,29 @@ public sealed record DetokenizeRequest(string? Model, IReadOnlyList<int> Tokens)
 /// </summary>
 public static class RequestParser
 {
+    /// <summary>Roles a chat message may have (OpenAI's).</summary>
+    public static readonly IReadOnlySet<string> ChatRoles = new HashSet<string>(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool", "function" };
+
+    /// <summary>
+    /// The body as a JSON object, parsed in place from the buffer it was read into (<see cref="RequestBody"/>); document and
+    /// buffer are released when the response completes, so nothing of the body outlives the request.
+    /// </summary>
     public static async Task<JsonElement> ReadObjectAsync(HttpRequest request, CancellationToken ct)
     {
+        var body = await RequestBody.ReadAsync(request, ct);
+        request.HttpContext.Response.RegisterForDispose(body);
         JsonDocument doc;
         try
         {
-            doc = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 32 }, ct);
+            doc = JsonDocument.Parse(body.Json, new JsonDocumentOptions { MaxDepth = 32 });
         }
         catch (JsonException e)
         {
-            throw ApiException.BadRequest("The request body is not valid JSON: " + e.Message);
+            throw ApiException.BadRequest($"The request body is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}).");
         }
-        using (doc)
-        {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
-            return doc.RootElement.Clone();
-        }
+        body.Own(doc);
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
+        return doc.RootElement;
     }
 
     public static ChatRequest ParseChat(JsonElement body)
@@ -169,7 +176,10 @@ public static class RequestParser
             string path = $"{name}[{i++}]";
             if (item.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest($"'{path}' must be an object.", path);
             var mf = new Fields(item, path + ".");
-            list.Add(new ChatMessage(mf.RequiredString("role"), MessageContent(mf.Get("content"), path + ".content")));
+            string role = mf.RequiredString("role");
+            if (!ChatRoles.Contains(role))
+                throw ApiException.BadRequest($"'{path}.role' must be one of {string.Join(", ", ChatRoles)}.", path + ".role");
+            list.Add(new ChatMessage(role, MessageContent(mf.Get("content"), path + ".content")));
         }
         return list;
     }

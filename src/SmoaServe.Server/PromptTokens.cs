@@ -1,0 +1,49 @@
+using SmoaServe.Engine.Hosting;
+using SmoaServe.Text;
+
+namespace SmoaServe.Server;
+
+/// <summary>
+/// Prompt text to ids with the work bounded by the model's context, not by the body: a prompt that cannot fit is refused
+/// (400, context_length_exceeded) after tokenizing about a context's worth of it (<see cref="BoundedEncoding"/>), and a
+/// chat whose messages alone cannot fit is refused before its template is rendered.
+/// </summary>
+public static class PromptTokens
+{
+    /// <summary>The most prompt tokens a request can have (at least one completion token must fit).</summary>
+    public static int Budget(EngineHost engine) => Math.Max(engine.MaxSequenceLength - 1, 0);
+
+    /// <summary>Ids of a text prompt of at most <paramref name="budget"/> tokens (default: <see cref="Budget"/>).</summary>
+    public static IReadOnlyList<int> Encode(EngineHost engine, string text, bool addSpecialTokens, string param, int? budget = null)
+    {
+        int limit = budget ?? Budget(engine);
+        return engine.Tokenizer.EncodeWithin(text, addSpecialTokens, limit, out int counted) ?? throw TooLong(engine, counted, param);
+    }
+
+    /// <summary>The chat template rendered, then tokenized within the budget; contents that alone exceed it are refused unrendered
+    /// (every template includes each message's content).</summary>
+    public static IReadOnlyList<int> Chat(EngineHost engine, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool addSpecialTokens, int? budget = null)
+    {
+        int limit = budget ?? Budget(engine);
+        long chars = messages.Sum(m => (long)m.Content.Length);
+        if (chars > Math.Max(4096L, 8L * (limit + 1L)))
+        {
+            int total = 0;
+            foreach (var m in messages)
+            {
+                var ids = engine.Tokenizer.EncodeWithin(m.Content.Trim(), addSpecialTokens: false, limit - total, out int counted)
+                    ?? throw TooLong(engine, total + counted, "messages");
+                total += ids.Count;
+            }
+        }
+        var template = engine.ChatTemplate ?? throw ApiException.BadRequest("This model has no chat template; use /v1/completions.", "messages");
+        string text;
+        try { text = template.Render(messages, addGenerationPrompt); }
+        catch (Exception e) when (e is not ApiException) { throw ApiException.BadRequest("The chat template failed on these messages: " + e.Message, "messages"); }
+        return Encode(engine, text, addSpecialTokens, "messages", limit);
+    }
+
+    private static ApiException TooLong(EngineHost engine, int counted, string param) => ApiException.BadRequest(
+        $"This model's maximum context length is {engine.MaxSequenceLength} tokens. However, your prompt has more than {counted} tokens " +
+        "(counting stopped there). Please reduce the length of the prompt.", param, "context_length_exceeded");
+}
