@@ -15,7 +15,7 @@ public sealed class ApiException(int status, string message, string type, string
     public static ApiException BadRequest(string message, string? param = null, string? code = null) =>
         new(400, message, "invalid_request_error", param, code);
     public static ApiException ModelNotFound(string model) =>
-        new(404, $"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found");
+        new(404, $"The model `{(model.Length > 128 ? model[..128] + "…" : model)}` does not exist.", "invalid_request_error", "model", "model_not_found");
     public static ApiException Unauthorized(string message) =>
         new(401, message, "invalid_request_error", null, "invalid_api_key");
     public static ApiException TooManyRequests(string message, int retryAfter) =>

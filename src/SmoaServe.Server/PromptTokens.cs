@@ -31,7 +31,8 @@ public static class PromptTokens
             int total = 0;
             foreach (var m in messages)
             {
-                var ids = engine.Tokenizer.EncodeWithin(m.Content.Trim(), addSpecialTokens: false, limit - total, out int counted)
+                var (start, length) = Trimmed(m.Content);
+                var ids = engine.Tokenizer.EncodeWithin(m.Content, start, length, addSpecialTokens: false, limit - total, out int counted)
                     ?? throw TooLong(engine, total + counted, "messages");
                 total += ids.Count;
             }
@@ -41,6 +42,15 @@ public static class PromptTokens
         try { text = template.Render(messages, addGenerationPrompt); }
         catch (Exception e) when (e is not ApiException) { throw ApiException.BadRequest("The chat template failed on these messages: " + e.Message, "messages"); }
         return Encode(engine, text, addSpecialTokens, "messages", limit);
+    }
+
+    /// <summary>Where text.Trim() would start and how long it would be (templates trim contents), without the copy.</summary>
+    private static (int Start, int Length) Trimmed(string text)
+    {
+        int start = 0, end = text.Length;
+        while (start < end && char.IsWhiteSpace(text[start])) start++;
+        while (end > start && char.IsWhiteSpace(text[end - 1])) end--;
+        return (start, end - start);
     }
 
     private static ApiException TooLong(EngineHost engine, int counted, string param) => ApiException.BadRequest(

@@ -18,7 +18,7 @@ namespace SmoaServe.Cli.Commands;
 public sealed class BenchCommand : ICommand
 {
     public string Name => "bench";
-    public string Summary => "benchmarks: decode (base vs mixed adapters vs merge-and-swap), serve (HTTP load)";
+    public string Summary => "benchmarks: decode (base vs mixed adapters vs merge-and-swap), serve (HTTP load), hostile (attacks)";
     public string Usage => $"""
         usage: smoa bench decode (--model DIR | --synthetic {SyntheticLlama.SpecHelp})
                  --adapter-kind smoa|lora --r R --num-blocks K --target-modules a,b,... --adapters N --batch B --steps S
@@ -40,6 +40,8 @@ public sealed class BenchCommand : ICommand
         {ModelOptions.Help}
 
         {ServeBench.Usage}
+
+        {Hostile.HostileBench.Usage}
         """;
 
     private static readonly string[] Options =
@@ -49,8 +51,9 @@ public sealed class BenchCommand : ICommand
     public int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "hostile") return Hostile.HostileBench.Run(args[1..]);
         var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
-        if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode ... or smoa bench serve ...");
+        if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode ..., smoa bench serve ... or smoa bench hostile ...");
         var s = Settings.From(a);
         var log = s.Json ? Console.Error : Console.Out;
 
