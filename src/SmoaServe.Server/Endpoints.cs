@@ -165,6 +165,10 @@ public static class Endpoints
         var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
         adapters.Resolve(request.Model);
         int vocab = engine.Tokenizer.VocabSize;
+        // like /tokenize, bounded by the context: no request turns into an unbounded response
+        if (request.Tokens.Count > engine.MaxSequenceLength)
+            throw ApiException.BadRequest($"At most {engine.MaxSequenceLength} token ids (the model's context) can be detokenized at once, got {request.Tokens.Count}.",
+                "tokens", "context_length_exceeded");
         foreach (int id in request.Tokens)
             if (id >= vocab) throw ApiException.BadRequest($"Token id {id} is outside the vocabulary (size {vocab}).", "tokens");
         return Results.Json(new DetokenizeResponse(engine.Tokenizer.Decode(request.Tokens, skipSpecialTokens: false)), Json.Options);

@@ -35,18 +35,44 @@ public static class RequestParser
     {
         var body = await RequestBody.ReadAsync(request, ct);
         request.HttpContext.Response.RegisterForDispose(body);
-        JsonDocument doc;
+        JsonElement root;
         try
         {
-            doc = JsonDocument.Parse(body.Json, new JsonDocumentOptions { MaxDepth = 32 });
+            if (body.Json.Length <= RequestBody.PooledMaxBytes)
+            {
+                var doc = JsonDocument.Parse(body.Json, new JsonDocumentOptions { MaxDepth = 32 });
+                body.Own(doc);
+                root = doc.RootElement;
+            }
+            else
+            {
+                // a large body: its tokens are counted first (no allocation), since the parsed document's table (12 bytes per
+                // token) grows through the shared array pool, which then keeps every size it handed out for a minute per
+                // thread and core; and it is parsed without renting a body-sized table from that pool
+                CheckTokenCount(body.Json.Span);
+                var reader = new Utf8JsonReader(body.Json.Span, new JsonReaderOptions { MaxDepth = 32 });
+                root = JsonElement.ParseValue(ref reader);
+                if (reader.Read()) throw new JsonException("trailing data after the JSON value", null, 0, reader.BytesConsumed);
+            }
         }
         catch (JsonException e)
         {
             throw ApiException.BadRequest($"The request body is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}).");
         }
-        body.Own(doc);
-        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
-        return doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
+        return root;
+    }
+
+    /// <summary>Most JSON tokens a request body may hold: a prompt of 256K token ids fits, a million-element array does not.</summary>
+    public const int MaxJsonTokens = 256 * 1024 + 4096;
+
+    private static void CheckTokenCount(ReadOnlySpan<byte> json)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { MaxDepth = 32 });
+        int tokens = 0;
+        while (reader.Read())
+            if (++tokens > MaxJsonTokens)
+                throw ApiException.BadRequest($"The request body holds more than {MaxJsonTokens} JSON values; no request needs that many.");
     }
 
     public static ChatRequest ParseChat(JsonElement body)

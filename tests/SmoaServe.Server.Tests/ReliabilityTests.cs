@@ -147,6 +147,11 @@ public class ReliabilityTests(ReliabilityFixture fx, ITestOutputHelper output) :
         }
         var tokenize = await Post("/tokenize", JsonSerializer.Serialize(new { model = "llama-a", prompt = content }));
         Assert.Equal(HttpStatusCode.BadRequest, tokenize.Status);
+        // a million-element array is refused before a document is built for it; more ids than the context cannot be detokenized
+        var ids = "[" + string.Join(",", Enumerable.Repeat("1", 1_000_000)) + "]";
+        Assert.Equal(HttpStatusCode.BadRequest, (await Post("/detokenize", $$"""{"tokens":{{ids}}}""")).Status);
+        Assert.Equal(HttpStatusCode.BadRequest, (await Post("/detokenize", JsonSerializer.Serialize(new { tokens = Enumerable.Repeat(1, 600) }))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await Post("/detokenize", JsonSerializer.Serialize(new { tokens = Enumerable.Repeat(1, 500) }))).Status);
     }
 
     [Theory]

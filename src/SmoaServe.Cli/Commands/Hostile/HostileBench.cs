@@ -78,6 +78,8 @@ public static class HostileBench
         public double HugeRssBaselineMb { get; set; }
         public double HugeRssPeakMb { get; set; }
         public double HugeSecondsToBaseline { get; set; } = -1;
+        /// <summary>Server CPU time (all threads) spent on the huge prompts: their cost without the machine's contention.</summary>
+        public double HugeServerCpuMs { get; set; }
         public double ItlP99IdleMs { get; set; }
         public Dictionary<string, double> ItlP99WithFolderMs { get; } = new();
         public List<string> HostileFoldersListed { get; } = new();
@@ -472,6 +474,7 @@ public static class HostileBench
         double peak = f.HugeRssBaselineMb;
         using var sampling = new CancellationTokenSource();
         var sampler = Task.Run(async () => { while (!sampling.IsCancellationRequested) { peak = Math.Max(peak, Mb()); await Task.Delay(20); } });
+        var cpu = server.CpuTime();
         var results = await Task.WhenAll(Enumerable.Range(0, s.Huge).Select(async _ =>
         {
             var content = new ByteArrayContent(body);
@@ -481,6 +484,7 @@ public static class HostileBench
             string text = await resp.Content.ReadAsStringAsync();
             return ((int)resp.StatusCode, clock.Elapsed.TotalMilliseconds, text);
         }));
+        f.HugeServerCpuMs = (server.CpuTime() - cpu).TotalMilliseconds;
         var settle = Stopwatch.StartNew();
         while (settle.Elapsed < TimeSpan.FromSeconds(10))
         {
@@ -498,7 +502,7 @@ public static class HostileBench
         }
         if (f.HugeSecondsToBaseline < 0) f.Failures.Add($"huge prompts: RSS {Mb():F0} MB not back within 50 MB of {f.HugeRssBaselineMb:F0} MB after 10 s");
         s.Log.WriteLine($"huge prompts: {s.Huge} concurrent {body.Length / 1e6:F1} MB chat bodies -> {string.Join(", ", results.Select(r => $"{r.Item1} in {r.Item2:F0} ms"))}; " +
-                        $"RSS {f.HugeRssBaselineMb:F0} MB -> peak {f.HugeRssPeakMb:F0} MB, back within 50 MB after {(f.HugeSecondsToBaseline < 0 ? "more than 10" : f.HugeSecondsToBaseline.ToString("F1"))} s");
+                        $"server CPU {f.HugeServerCpuMs:F0} ms for all {s.Huge}; RSS {f.HugeRssBaselineMb:F0} MB -> peak {f.HugeRssPeakMb:F0} MB, back within 50 MB after {(f.HugeSecondsToBaseline < 0 ? "more than 10" : f.HugeSecondsToBaseline.ToString("F1"))} s");
     }
 
     // ---- hostile adapter folders ----

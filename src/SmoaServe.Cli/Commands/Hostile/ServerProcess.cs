@@ -94,6 +94,13 @@ public sealed class ServerProcess : IDisposable
         return -1;
     }
 
+    /// <summary>CPU time the server process has used (user + system).</summary>
+    public TimeSpan CpuTime()
+    {
+        try { _process.Refresh(); return _process.TotalProcessorTime; }
+        catch (InvalidOperationException) { return TimeSpan.Zero; }
+    }
+
     /// <summary>SIGKILL: no shutdown code runs.</summary>
     public void Kill()
     {
