@@ -78,7 +78,7 @@ public static class Endpoints
     private static async Task ChatCompletions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
     {
         EnsureLoaded(runner.Status);
-        var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         runner.Adapters.Resolve(request.Model);
         var ids = ChatPromptIds(runner.Engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false);
         var job = runner.CreateJob(NewId("chatcmpl"), request.Model, ids, request.Generation);
@@ -118,7 +118,7 @@ public static class Endpoints
     private static async Task Completions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
     {
         EnsureLoaded(runner.Status);
-        var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         runner.Adapters.Resolve(request.Model);
         var ids = request.PromptIds ?? PromptTokens.Encode(runner.Engine, request.PromptText!, addSpecialTokens: true, "prompt");
         var job = runner.CreateJob(NewId("cmpl"), request.Model, ids, request.Generation);
@@ -151,7 +151,7 @@ public static class Endpoints
     private static async Task<IResult> Tokenize(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
         EnsureLoaded(status);
-        var request = RequestParser.ParseTokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseTokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
         adapters.Resolve(request.Model);
         var ids = request.Messages is { } messages
             ? ChatPromptIds(engine, messages, request.AddGenerationPrompt, request.AddSpecialTokens, engine.MaxSequenceLength)
@@ -162,7 +162,7 @@ public static class Endpoints
     private static async Task<IResult> Detokenize(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
         EnsureLoaded(status);
-        var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
         adapters.Resolve(request.Model);
         int vocab = engine.Tokenizer.VocabSize;
         // like /tokenize, bounded by the context: no request turns into an unbounded response

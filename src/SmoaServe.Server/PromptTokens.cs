@@ -1,3 +1,4 @@
+using System.Text.Json;
 using SmoaServe.Engine.Hosting;
 using SmoaServe.Text;
 
@@ -51,6 +52,50 @@ public static class PromptTokens
         while (start < end && char.IsWhiteSpace(text[start])) start++;
         while (end > start && char.IsWhiteSpace(text[end - 1])) end--;
         return (start, end - start);
+    }
+
+    /// <summary>Raw string values at least this long (bytes) are checked by <see cref="LargeBodyCheck"/>.</summary>
+    public const int LongStringBytes = 64 * 1024;
+
+    /// <summary>
+    /// For a large body, before any document or string is built from it: every string value of at least
+    /// <see cref="LongStringBytes"/> has its first <see cref="LongStringBytes"/> bytes decoded and tokenized within the
+    /// context; a string whose beginning alone exceeds the context can be no part of a request this model serves, so the
+    /// request is refused (400, context_length_exceeded) without materialising the rest (a 4 MB prompt would otherwise
+    /// cost two body-sized copies and an 8 MB string before the refusal). Strings that pass are checked exactly later.
+    /// </summary>
+    public static RequestParser.LargeBodyCheck LargeBodyCheck(EngineHost engine) => json =>
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { MaxDepth = 32 });
+        string? property = null;
+        while (reader.Read())
+        {
+            if (reader.TokenType == JsonTokenType.PropertyName) { property = reader.ValueSpan.Length <= 64 ? reader.GetString() : null; continue; }
+            if (reader.TokenType != JsonTokenType.String || reader.HasValueSequence || reader.ValueSpan.Length < LongStringBytes) continue;
+            if (DecodePrefix(reader.ValueSpan[..LongStringBytes]) is not { } prefix) continue;
+            if (engine.Tokenizer.EncodeWithin(prefix, addSpecialTokens: false, engine.MaxSequenceLength, out int counted) is null)
+                throw TooLong(engine, counted, property is "content" or "text" ? "messages" : property ?? "prompt");
+        }
+    };
+
+    /// <summary>The text of the beginning of a raw (escaped) JSON string, cut before an escape or multi-byte character that
+    /// the cut would split; null when it cannot be decoded.</summary>
+    private static string? DecodePrefix(ReadOnlySpan<byte> raw)
+    {
+        var quoted = new byte[raw.Length + 2];
+        for (int cut = raw.Length; cut > 0 && cut > raw.Length - 16; cut--)
+        {
+            quoted[0] = (byte)'"';
+            raw[..cut].CopyTo(quoted.AsSpan(1));
+            quoted[cut + 1] = (byte)'"';
+            try
+            {
+                var r = new Utf8JsonReader(quoted.AsSpan(0, cut + 2));
+                if (r.Read() && r.TokenType == JsonTokenType.String) return r.GetString();
+            }
+            catch (Exception e) when (e is JsonException or InvalidOperationException) { }
+        }
+        return null;
     }
 
     private static ApiException TooLong(EngineHost engine, int counted, string param) => ApiException.BadRequest(

@@ -4,26 +4,31 @@ using System.Text.Json;
 namespace SmoaServe.Server;
 
 /// <summary>
-/// A request body read into one buffer: small bodies (the usual case) into a buffer rented from the shared pool, large
-/// ones into a buffer of their exact size that is dropped when the request ends (the shared pool would keep every large
-/// buffer a burst of big bodies rented for a minute; <see cref="MemoryReclaimer"/> returns dropped ones to the system).
-/// Kestrel enforces the body size limit while it is read (413).
+/// A request body read into one buffer: small bodies (the usual case) into a buffer rented from the shared pool, bodies
+/// up to <see cref="LargeBufferBytes"/> into one of at most <see cref="LargeBuffersKept"/> buffers of that size kept for
+/// reuse (16 MB in all; fresh large arrays cost page faults and the shared pool would keep every size a burst rented for
+/// a minute per thread), larger ones into a buffer of their exact size dropped when the request ends
+/// (<see cref="MemoryReclaimer"/> returns those to the system). Kestrel enforces the body size limit while it is read (413).
 /// </summary>
 public sealed class RequestBody : IDisposable
 {
     /// <summary>Bodies up to this size use pooled buffers.</summary>
     public const int PooledMaxBytes = 256 * 1024;
+    public const int LargeBufferBytes = 4 << 20;
+    public const int LargeBuffersKept = 4;
+    private static readonly System.Collections.Concurrent.ConcurrentBag<byte[]> LargeBuffers = new();
 
     private byte[] _buffer;
     private bool _pooled;      // _buffer came from the shared pool
     private int _length;
     private JsonDocument? _document;
 
-    private RequestBody(int capacity)
-    {
-        _pooled = capacity <= PooledMaxBytes;
-        _buffer = _pooled ? ArrayPool<byte>.Shared.Rent(Math.Max(capacity, 1)) : GC.AllocateUninitializedArray<byte>(capacity);
-    }
+    private RequestBody(int capacity) => (_buffer, _pooled) = Allocate(capacity);
+
+    private static (byte[] Buffer, bool Pooled) Allocate(int size) =>
+        size <= PooledMaxBytes ? (ArrayPool<byte>.Shared.Rent(Math.Max(size, 1)), true)
+        : size <= LargeBufferBytes ? (LargeBuffers.TryTake(out var kept) ? kept : GC.AllocateUninitializedArray<byte>(LargeBufferBytes), false)
+        : (GC.AllocateUninitializedArray<byte>(size), false);
 
     /// <summary>The body's bytes as JSON text (a UTF-8 byte order mark skipped).</summary>
     public ReadOnlyMemory<byte> Json
@@ -72,16 +77,16 @@ public sealed class RequestBody : IDisposable
     {
         int size = (int)Math.Min((long)_buffer.Length * 2, Array.MaxLength);
         if (size <= _buffer.Length) throw new BadHttpRequestException("The request body is too large.", StatusCodes.Status413PayloadTooLarge);
-        byte[] bigger = size <= PooledMaxBytes ? ArrayPool<byte>.Shared.Rent(size) : GC.AllocateUninitializedArray<byte>(size);
+        var (bigger, pooled) = Allocate(size);
         _buffer.AsSpan(0, _length).CopyTo(bigger);
         Release();
-        _buffer = bigger;
-        _pooled = size <= PooledMaxBytes;
+        (_buffer, _pooled) = (bigger, pooled);
     }
 
     private void Release()
     {
         if (_pooled) ArrayPool<byte>.Shared.Return(_buffer);
+        else if (_buffer.Length == LargeBufferBytes && LargeBuffers.Count < LargeBuffersKept) LargeBuffers.Add(_buffer);
         _pooled = false;
     }
 

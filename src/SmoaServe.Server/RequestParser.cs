@@ -31,7 +31,8 @@ public static class RequestParser
     /// The body as a JSON object, parsed in place from the buffer it was read into (<see cref="RequestBody"/>); document and
     /// buffer are released when the response completes, so nothing of the body outlives the request.
     /// </summary>
-    public static async Task<JsonElement> ReadObjectAsync(HttpRequest request, CancellationToken ct)
+    /// <param name="largeBodyCheck">run over a large body's bytes before it is parsed (e.g. <see cref="PromptTokens.LargeBodyCheck"/>)</param>
+    public static async Task<JsonElement> ReadObjectAsync(HttpRequest request, CancellationToken ct, LargeBodyCheck? largeBodyCheck = null)
     {
         var body = await RequestBody.ReadAsync(request, ct);
         request.HttpContext.Response.RegisterForDispose(body);
@@ -50,6 +51,7 @@ public static class RequestParser
                 // token) grows through the shared array pool, which then keeps every size it handed out for a minute per
                 // thread and core; and it is parsed without renting a body-sized table from that pool
                 CheckTokenCount(body.Json.Span);
+                largeBodyCheck?.Invoke(body.Json.Span);
                 var reader = new Utf8JsonReader(body.Json.Span, new JsonReaderOptions { MaxDepth = 32 });
                 root = JsonElement.ParseValue(ref reader);
                 if (reader.Read()) throw new JsonException("trailing data after the JSON value", null, 0, reader.BytesConsumed);
@@ -62,6 +64,9 @@ public static class RequestParser
         if (root.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
         return root;
     }
+
+    /// <summary>A check of a large body's raw JSON before a document is built for it; throws to refuse the request.</summary>
+    public delegate void LargeBodyCheck(ReadOnlySpan<byte> json);
 
     /// <summary>Most JSON tokens a request body may hold: a prompt of 256K token ids fits, a million-element array does not.</summary>
     public const int MaxJsonTokens = 256 * 1024 + 4096;
