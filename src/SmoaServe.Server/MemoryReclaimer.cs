@@ -5,11 +5,12 @@ namespace SmoaServe.Server;
 /// (<see cref="RequestBody"/>); the garbage collector frees them only at its next full collection, which a quiet server may
 /// not run for a long time, and a busy one runs without giving the freed memory back. Once a second this compares the
 /// memory the collector holds committed with what was live after the last full collection: when it holds more than
-/// twice that and at least <see cref="Threshold"/> more, and the server is quiet (it allocated less than an eighth of
-/// that in the last second) or holds more than <see cref="BusyThreshold"/> too much, it runs one aggressive full
-/// collection, which compacts and decommits. At most one every <see cref="MinInterval"/>, so its pauses stay rare.
+/// twice that and at least <see cref="Threshold"/> more, and the server is quiet (no sequence running or waiting, and
+/// less than an eighth of that allocated in the last second: the collection's pause then delays no stream) or holds more
+/// than <see cref="BusyThreshold"/> too much, it runs one aggressive full collection, which compacts and decommits. At
+/// most one every <see cref="MinInterval"/>.
 /// </summary>
-public sealed class MemoryReclaimer(ILogger<MemoryReclaimer> logger) : BackgroundService
+public sealed class MemoryReclaimer(SmoaServe.Engine.Hosting.EngineHost engine, ILogger<MemoryReclaimer> logger) : BackgroundService
 {
     public const long Threshold = 64L << 20;
     public const long BusyThreshold = 512L << 20;
@@ -30,7 +31,7 @@ public sealed class MemoryReclaimer(ILogger<MemoryReclaimer> logger) : Backgroun
                 if (info.Index > 0) live = Math.Min(live, info.HeapSizeBytes - info.FragmentedBytes);
                 long committed = GC.GetGCMemoryInfo(GCKind.Any).TotalCommittedBytes;
                 long now = GC.GetTotalAllocatedBytes();
-                bool quiet = now - allocated < Threshold / 8;
+                bool quiet = now - allocated < Threshold / 8 && engine.Scheduler.InFlight == 0;
                 allocated = now;
                 if (committed < 2 * live || committed - live < Threshold || (!quiet && committed - live < BusyThreshold)
                     || DateTime.UtcNow - lastForced < MinInterval) continue;

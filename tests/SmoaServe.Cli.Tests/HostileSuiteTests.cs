@@ -44,10 +44,12 @@ public class HostileSuiteTests(ITestOutputHelper output)
         Assert.All(f.HugeStatus, s => Assert.Equal(400, s));
         Assert.All(f.HugeLatencyMs, ms => Assert.True(ms < 2000, $"a huge prompt took {ms:F0} ms"));
         Assert.InRange(f.HugeSecondsToBaseline, 0, 10);
-        // hostile adapter folders: none loaded; the running stream's p99 inter-token latency stays near idle
+        // hostile adapter folders: none loaded; no stall of the running stream (a FIFO read on the model thread stalled it for
+        // as long as the FIFO stayed unopened, a 1 GB read for seconds; the bench reports the p99 ratio, CI machines are
+        // shared and test assemblies run in parallel, hence the absolute margin)
         Assert.Empty(f.HostileFoldersListed);
         foreach (var (name, p99) in f.ItlP99WithFolderMs)
-            Assert.True(p99 <= Math.Max(2 * f.ItlP99IdleMs, f.ItlP99IdleMs + 50), $"{name}: ITL p99 {p99:F1} ms vs {f.ItlP99IdleMs:F1} ms idle");
+            Assert.True(p99 <= Math.Max(2 * f.ItlP99IdleMs, f.ItlP99IdleMs + 250), $"{name}: ITL p99 {p99:F1} ms vs {f.ItlP99IdleMs:F1} ms idle");
         // kill -9 mid-stream with an adapter half copied: restarts, answers the same, refuses the half copy and serves it once complete
         Assert.True(f.KillRestartSeconds > 0);
         Assert.True(f.KillSameOutput);
