@@ -15,7 +15,7 @@ public sealed class ApiException(int status, string message, string type, string
     public static ApiException BadRequest(string message, string? param = null, string? code = null) =>
         new(400, message, "invalid_request_error", param, code);
     public static ApiException ModelNotFound(string model) =>
-        new(404, $"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found");
+        new(404, $"The model `{(model.Length > 128 ? model[..128] + "…" : model)}` does not exist.", "invalid_request_error", "model", "model_not_found");
     public static ApiException Unauthorized(string message) =>
         new(401, message, "invalid_request_error", null, "invalid_api_key");
     public static ApiException TooManyRequests(string message, int retryAfter) =>
@@ -50,36 +50,58 @@ public static class ApiErrorWriter
     }
 }
 
-/// <summary>Turns every exception of a request into an OpenAI-shaped error; nothing a client sends crashes the process.</summary>
+/// <summary>
+/// Turns every exception of a request into an OpenAI-shaped error; nothing a client sends crashes the process. A request
+/// whose client has gone (the connection was closed) is a cancellation, not an error: nothing is written, it is logged and
+/// counted as 499 (nginx's "client closed request") when no response had started.
+/// </summary>
 public sealed class ApiErrorMiddleware(RequestDelegate next, ILogger<ApiErrorMiddleware> logger)
 {
+    /// <summary>HttpContext.Items key set when the client went away before the response was complete.</summary>
+    public const string ClientClosedItem = "smoa.client-closed";
+    public const int ClientClosedStatus = 499;
+
     public async Task InvokeAsync(HttpContext context)
     {
         try
         {
             await next(context);
         }
+        catch (Exception) when (context.RequestAborted.IsCancellationRequested)
+        {
+            ClientClosed(context);
+        }
         catch (ApiException e)
         {
-            await ApiErrorWriter.WriteAsync(context, e);
+            await WriteAsync(context, e);
         }
         catch (SmoaServe.Platform.Adapters.UnknownModelException e)
         {
-            await ApiErrorWriter.WriteAsync(context, ApiException.ModelNotFound(e.Model));
+            await WriteAsync(context, ApiException.ModelNotFound(e.Model));
         }
         catch (BadHttpRequestException e)
         {
-            await ApiErrorWriter.WriteAsync(context, new ApiException(e.StatusCode, e.Message, "invalid_request_error"));
-        }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-        {
-            // the client went away
+            await WriteAsync(context, new ApiException(e.StatusCode, e.Message, "invalid_request_error", null,
+                e.StatusCode == StatusCodes.Status413PayloadTooLarge ? "request_too_large" : "bad_http_request"));
         }
         catch (Exception e)
         {
             logger.LogError(e, "Unhandled error in {Path}", context.Request.Path);
-            await ApiErrorWriter.WriteAsync(context, new ApiException(500, "internal error: " + e.Message, "server_error"));
+            await WriteAsync(context, new ApiException(500, "internal error: " + e.Message, "server_error"));
         }
+    }
+
+    private async Task WriteAsync(HttpContext context, ApiException error)
+    {
+        try { await ApiErrorWriter.WriteAsync(context, error); }
+        catch (Exception) when (context.RequestAborted.IsCancellationRequested) { ClientClosed(context); }
+    }
+
+    private void ClientClosed(HttpContext context)
+    {
+        context.Items[ClientClosedItem] = true;
+        if (!context.Response.HasStarted) context.Response.StatusCode = ClientClosedStatus;
+        logger.LogInformation("Client closed the request {Method} {Path} before its response was complete", context.Request.Method, context.Request.Path);
     }
 }
 

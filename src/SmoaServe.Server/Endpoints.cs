@@ -26,6 +26,9 @@ public static class Endpoints
             .Produces<ErrorResponse>(400).Produces<ErrorResponse>(401).Produces<ErrorResponse>(404).Produces<ErrorResponse>(429);
         api.MapPost("/tokenize", Tokenize).JsonBody<TokenizeRequestDoc>().Produces<TokenizeResponse>()
             .Produces<ErrorResponse>(400).Produces<ErrorResponse>(401).Produces<ErrorResponse>(404);
+        // tenants' adapter names are labels of the metrics: behind the key unless the operator says otherwise
+        bool openMetrics = app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<ServerOptions>>().Value.MetricsAllowAnonymous;
+        (openMetrics ? (IEndpointRouteBuilder)app : api).MapGet("/metrics", Metrics).WithTags("metrics").Produces(200, contentType: "text/plain").Produces<ErrorResponse>(401);
         api.MapPost("/detokenize", Detokenize).JsonBody<DetokenizeRequestDoc>().Produces<DetokenizeResponse>()
             .Produces<ErrorResponse>(400).Produces<ErrorResponse>(401).Produces<ErrorResponse>(404);
     }
@@ -52,6 +55,12 @@ public static class Endpoints
             : status.Draining ? "The server is shutting down."
             : status.Loaded.IsFaulted ? "The model failed to load." : "The model is loading.").ToResponse(), Json.Options, statusCode: 503);
 
+    private static async Task Metrics(HttpContext http, ServerMetrics metrics)
+    {
+        http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        await metrics.Registry.CollectAndExportAsTextAsync(http.Response.Body, http.RequestAborted);
+    }
+
     private static IResult ListModels(ServerStatus status, EngineHost engine, AdapterService adapters) =>
         Results.Json(new ModelList(ModelCards(status, engine, adapters).ToList()), Json.Options);
 
@@ -69,7 +78,7 @@ public static class Endpoints
     private static async Task ChatCompletions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
     {
         EnsureLoaded(runner.Status);
-        var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         runner.Adapters.Resolve(request.Model);
         var ids = ChatPromptIds(runner.Engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false);
         var job = runner.CreateJob(NewId("chatcmpl"), request.Model, ids, request.Generation);
@@ -109,9 +118,9 @@ public static class Endpoints
     private static async Task Completions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
     {
         EnsureLoaded(runner.Status);
-        var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         runner.Adapters.Resolve(request.Model);
-        var ids = request.PromptIds ?? runner.Engine.Tokenizer.Encode(request.PromptText!, addSpecialTokens: true);
+        var ids = request.PromptIds ?? PromptTokens.Encode(runner.Engine, request.PromptText!, addSpecialTokens: true, "prompt");
         var job = runner.CreateJob(NewId("cmpl"), request.Model, ids, request.Generation);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = job.RequestId;
@@ -142,34 +151,33 @@ public static class Endpoints
     private static async Task<IResult> Tokenize(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
         EnsureLoaded(status);
-        var request = RequestParser.ParseTokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseTokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
         adapters.Resolve(request.Model);
         var ids = request.Messages is { } messages
-            ? ChatPromptIds(engine, messages, request.AddGenerationPrompt, request.AddSpecialTokens)
-            : engine.Tokenizer.Encode(request.Prompt!, request.AddSpecialTokens);
+            ? ChatPromptIds(engine, messages, request.AddGenerationPrompt, request.AddSpecialTokens, engine.MaxSequenceLength)
+            : PromptTokens.Encode(engine, request.Prompt!, request.AddSpecialTokens, "prompt", engine.MaxSequenceLength);
         return Results.Json(new TokenizeResponse(ids.Count, engine.MaxSequenceLength, ids), Json.Options);
     }
 
     private static async Task<IResult> Detokenize(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
         EnsureLoaded(status);
-        var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted));
+        var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
         adapters.Resolve(request.Model);
         int vocab = engine.Tokenizer.VocabSize;
+        // like /tokenize, bounded by the context: no request turns into an unbounded response
+        if (request.Tokens.Count > engine.MaxSequenceLength)
+            throw ApiException.BadRequest($"At most {engine.MaxSequenceLength} token ids (the model's context) can be detokenized at once, got {request.Tokens.Count}.",
+                "tokens", "context_length_exceeded");
         foreach (int id in request.Tokens)
             if (id >= vocab) throw ApiException.BadRequest($"Token id {id} is outside the vocabulary (size {vocab}).", "tokens");
         return Results.Json(new DetokenizeResponse(engine.Tokenizer.Decode(request.Tokens, skipSpecialTokens: false)), Json.Options);
     }
 
     /// <summary>The chat template rendered to text, then tokenized (the template writes BOS itself).</summary>
-    private static IReadOnlyList<int> ChatPromptIds(EngineHost engine, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool addSpecialTokens)
-    {
-        var template = engine.ChatTemplate ?? throw ApiException.BadRequest("This model has no chat template; use /v1/completions.", "messages");
-        string text;
-        try { text = template.Render(messages, addGenerationPrompt); }
-        catch (Exception e) when (e is not ApiException) { throw ApiException.BadRequest("The chat template failed on these messages: " + e.Message, "messages"); }
-        return engine.Tokenizer.Encode(text, addSpecialTokens);
-    }
+    private static IReadOnlyList<int> ChatPromptIds(EngineHost engine, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool addSpecialTokens,
+        int? budget = null) =>
+        PromptTokens.Chat(engine, messages, addGenerationPrompt, addSpecialTokens, budget);
 
     private static void EnsureLoaded(ServerStatus status)
     {

@@ -24,22 +24,60 @@ public sealed record DetokenizeRequest(string? Model, IReadOnlyList<int> Tokens)
 /// </summary>
 public static class RequestParser
 {
-    public static async Task<JsonElement> ReadObjectAsync(HttpRequest request, CancellationToken ct)
+    /// <summary>Roles a chat message may have (OpenAI's).</summary>
+    public static readonly IReadOnlySet<string> ChatRoles = new HashSet<string>(StringComparer.Ordinal) { "system", "developer", "user", "assistant", "tool", "function" };
+
+    /// <summary>
+    /// The body as a JSON object, parsed in place from the buffer it was read into (<see cref="RequestBody"/>); document and
+    /// buffer are released when the response completes, so nothing of the body outlives the request.
+    /// </summary>
+    /// <param name="largeBodyCheck">run over a large body's bytes before it is parsed (e.g. <see cref="PromptTokens.LargeBodyCheck"/>)</param>
+    public static async Task<JsonElement> ReadObjectAsync(HttpRequest request, CancellationToken ct, LargeBodyCheck? largeBodyCheck = null)
     {
-        JsonDocument doc;
+        var body = await RequestBody.ReadAsync(request, ct);
+        request.HttpContext.Response.RegisterForDispose(body);
+        JsonElement root;
         try
         {
-            doc = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 32 }, ct);
+            if (body.Json.Length <= RequestBody.PooledMaxBytes)
+            {
+                var doc = JsonDocument.Parse(body.Json, new JsonDocumentOptions { MaxDepth = 32 });
+                body.Own(doc);
+                root = doc.RootElement;
+            }
+            else
+            {
+                // a large body: its tokens are counted first (no allocation), since the parsed document's table (12 bytes per
+                // token) grows through the shared array pool, which then keeps every size it handed out for a minute per
+                // thread and core; and it is parsed without renting a body-sized table from that pool
+                CheckTokenCount(body.Json.Span);
+                largeBodyCheck?.Invoke(body.Json.Span);
+                var reader = new Utf8JsonReader(body.Json.Span, new JsonReaderOptions { MaxDepth = 32 });
+                root = JsonElement.ParseValue(ref reader);
+                if (reader.Read()) throw new JsonException("trailing data after the JSON value", null, 0, reader.BytesConsumed);
+            }
         }
         catch (JsonException e)
         {
-            throw ApiException.BadRequest("The request body is not valid JSON: " + e.Message);
+            throw ApiException.BadRequest($"The request body is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}).");
         }
-        using (doc)
-        {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
-            return doc.RootElement.Clone();
-        }
+        if (root.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("The request body must be a JSON object.");
+        return root;
+    }
+
+    /// <summary>A check of a large body's raw JSON before a document is built for it; throws to refuse the request.</summary>
+    public delegate void LargeBodyCheck(ReadOnlySpan<byte> json);
+
+    /// <summary>Most JSON tokens a request body may hold: a prompt of 256K token ids fits, a million-element array does not.</summary>
+    public const int MaxJsonTokens = 256 * 1024 + 4096;
+
+    private static void CheckTokenCount(ReadOnlySpan<byte> json)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { MaxDepth = 32 });
+        int tokens = 0;
+        while (reader.Read())
+            if (++tokens > MaxJsonTokens)
+                throw ApiException.BadRequest($"The request body holds more than {MaxJsonTokens} JSON values; no request needs that many.");
     }
 
     public static ChatRequest ParseChat(JsonElement body)
@@ -169,7 +207,10 @@ public static class RequestParser
             string path = $"{name}[{i++}]";
             if (item.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest($"'{path}' must be an object.", path);
             var mf = new Fields(item, path + ".");
-            list.Add(new ChatMessage(mf.RequiredString("role"), MessageContent(mf.Get("content"), path + ".content")));
+            string role = mf.RequiredString("role");
+            if (!ChatRoles.Contains(role))
+                throw ApiException.BadRequest($"'{path}.role' must be one of {string.Join(", ", ChatRoles)}.", path + ".role");
+            list.Add(new ChatMessage(role, MessageContent(mf.Get("content"), path + ".content")));
         }
         return list;
     }

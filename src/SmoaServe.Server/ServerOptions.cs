@@ -29,6 +29,13 @@ public sealed class ServerOptions
     /// <summary>Serve without any key (local development only).</summary>
     public bool AllowAnonymous { get; set; }
 
+    /// <summary>
+    /// Serve GET /metrics without a key. By default it needs the admin key like the API (its labels carry adapter names,
+    /// i.e. tenants); Prometheus sends it with <c>authorization: {credentials: KEY}</c> in the scrape config. Set this only
+    /// when the listen address is private to the scraper.
+    /// </summary>
+    public bool MetricsAllowAnonymous { get; set; }
+
     public long MaxRequestBodyBytes { get; set; } = 4 << 20;
     /// <summary>Graceful shutdown: in-flight streams get this long to finish, then are cancelled.</summary>
     public double ShutdownTimeoutSeconds { get; set; } = 30;

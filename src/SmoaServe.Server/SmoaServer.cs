@@ -1,6 +1,5 @@
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
-using Prometheus;
 using Serilog;
 using Serilog.Events;
 using SmoaServe.Engine.Hosting;
@@ -27,7 +26,12 @@ public static class SmoaServer
         services.AddOptions<EngineOptions>().Bind(section).Configure(o => configureEngine?.Invoke(o)).ValidateOnStart();
         services.AddSingleton<IValidateOptions<ServerOptions>>(new ProblemsValidator<ServerOptions>(o => o.Problems()));
         services.AddSingleton<IValidateOptions<EngineOptions>>(new ProblemsValidator<EngineOptions>(o => o.Problems()));
-        services.AddOptions<KestrelServerOptions>().Configure<IOptions<ServerOptions>>((k, o) => k.Limits.MaxRequestBodySize = o.Value.MaxRequestBodyBytes);
+        services.AddOptions<KestrelServerOptions>().Configure<IOptions<ServerOptions>>((k, o) =>
+        {
+            k.Limits.MaxRequestBodySize = o.Value.MaxRequestBodyBytes;
+            // Kestrel's own refusals (malformed HTTP) get the API's JSON error body too
+            k.ConfigureEndpointDefaults(listen => listen.Use(KestrelErrorShaping.Middleware));
+        });
         // the host reads these while it is built: engine options are validated first (what to serve), then the server's
         services.AddOptions<HostOptions>().Configure<IOptions<EngineOptions>, IOptions<ServerOptions>>((h, e, o) =>
         {
@@ -69,11 +73,16 @@ public static class SmoaServer
         services.AddHostedService<EngineService>();
         services.AddSingleton<AdapterDirectoryWatcher>();
         services.AddHostedService(sp => sp.GetRequiredService<AdapterDirectoryWatcher>());
+        services.AddHostedService<MemoryReclaimer>();
         services.AddOpenApi();
 
         var app = builder.Build();
         var metrics = app.Services.GetRequiredService<ServerMetrics>();
-        app.UseSerilogRequestLogging(o => o.EnrichDiagnosticContext = (diag, http) => diag.Set("RequestId", http.TraceIdentifier));
+        app.UseSerilogRequestLogging(o => o.EnrichDiagnosticContext = (diag, http) =>
+        {
+            diag.Set("RequestId", http.TraceIdentifier);
+            if (http.Items.ContainsKey(ApiErrorMiddleware.ClientClosedItem)) diag.Set("Outcome", "client closed the request");
+        });
         // outside the error middleware, so that errors are counted with the status they were answered with
         app.Use(async (http, next) =>
         {
@@ -84,8 +93,10 @@ public static class SmoaServer
         app.UseStatusCodePages(context => ApiErrorWriter.WriteAsync(context.HttpContext, new ApiException(context.HttpContext.Response.StatusCode,
             $"No route {context.HttpContext.Request.Method} {context.HttpContext.Request.Path} ({context.HttpContext.Response.StatusCode}).",
             "invalid_request_error", null, "not_found")));
-        app.MapOpenApi();
-        app.MapMetrics("/metrics", metrics.Registry);
+        // one document ("v1"): any other name is a 404 in the API's error shape, not the OpenAPI package's plain text
+        app.MapOpenApi().AddEndpointFilter((context, next) =>
+            context.HttpContext.GetRouteValue("documentName") as string == "v1" ? next(context)
+                : throw new ApiException(404, "No such OpenAPI document; the API is described at /openapi/v1.json.", "invalid_request_error", null, "not_found"));
         // resolve the engine first: a missing or bad model directory fails here, not at the first request
         app.Services.GetRequiredService<EngineHost>();
         Endpoints.Map(app);

@@ -304,7 +304,11 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
         using var anon = new HttpClient { BaseAddress = fx.Host.BaseAddress };
         Assert.Equal(HttpStatusCode.OK, (await anon.GetAsync("/health")).StatusCode);
         await Post("/v1/completions", """{"model":"fake-base","prompt":"m","max_tokens":3}""");
-        string metrics = await anon.GetStringAsync("/metrics");
+        // metrics carry adapter names: the key is needed (401 in the API's shape without it)
+        var refused = await anon.GetAsync("/metrics");
+        Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+        AssertError(JsonNode.Parse(await refused.Content.ReadAsStringAsync()));
+        string metrics = await Http.GetStringAsync("/metrics");
         foreach (var name in new[] { "smoa_requests_total", "smoa_generation_tokens_total", "smoa_prompt_tokens_total", "smoa_running_requests",
                      "smoa_queued_requests", "smoa_time_to_first_token_seconds_bucket", "smoa_inter_token_latency_seconds_bucket" })
             Assert.Contains(name, metrics);
@@ -329,8 +333,7 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
         Assert.Equal(HttpStatusCode.BadRequest, status);
         (status, _, _) = await Post("/v1/completions", """{"model":"fake-base","prompt":"x"}""", key: "wrong-key");
         Assert.Equal(HttpStatusCode.Unauthorized, status);
-        using var anon = new HttpClient { BaseAddress = fx.Host.BaseAddress };
-        var lines = (await anon.GetStringAsync("/metrics")).Split('\n')
+        var lines = (await Http.GetStringAsync("/metrics")).Split('\n')
             .Where(l => l.StartsWith("smoa_requests_total{") && l.Contains("endpoint=\"/v1/completions\"")).ToList();
         Assert.Contains(lines, l => l.Contains("status=\"400\""));
         Assert.Contains(lines, l => l.Contains("status=\"401\""));

@@ -31,6 +31,15 @@ public sealed record AdapterConfig(
     public static AdapterConfig Lora(int r, double alpha, IReadOnlyList<Projection> targets, bool useRslora = false)
         => new(AdapterKind.Lora, r, 1, [r], alpha, useRslora, targets);
 
+    /// <summary>Parses config bytes read by the caller (e.g. with <see cref="Checkpoints.SafeFile"/>); invalid UTF-8 is an error.</summary>
+    public static AdapterConfig Parse(byte[] utf8, string source)
+    {
+        string json;
+        try { json = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true).GetString(utf8); }
+        catch (System.Text.DecoderFallbackException) { throw new InvalidDataException($"{source}: not UTF-8 text"); }
+        return Parse(json, source);
+    }
+
     public static AdapterConfig Load(string path)
     {
         var info = new FileInfo(path);
@@ -43,7 +52,7 @@ public sealed record AdapterConfig(
     {
         JsonElement root;
         try { root = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 16 }).RootElement; }
-        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1})"); }
         if (root.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: expected a JSON object");
 
         string peftType = String(root, "peft_type", source) ?? throw new InvalidDataException($"{source}: peft_type is missing");
@@ -51,7 +60,7 @@ public sealed record AdapterConfig(
         {
             "SMOA" => AdapterKind.Smoa,
             "LORA" => AdapterKind.Lora,
-            _ => throw new InvalidDataException($"{source}: peft_type '{peftType}' is not supported (SMOA or LORA)"),
+            _ => throw new InvalidDataException($"{source}: peft_type {Shown(peftType)} is not supported (SMOA or LORA)"),
         };
         int r = Int(root, "r", source) ?? throw new InvalidDataException($"{source}: r is missing");
         if (r < 1 || r > MaxRank) throw new InvalidDataException($"{source}: r = {r} must be between 1 and {MaxRank}");
@@ -71,7 +80,7 @@ public sealed record AdapterConfig(
             if (br.ValueKind != JsonValueKind.Array || br.GetArrayLength() != k)
                 throw new InvalidDataException($"{source}: branch_ranks must be a list of num_blocks = {k} integers");
             ranks = br.EnumerateArray().Select(e => e.TryGetInt32(out int v) && v >= 0 && v <= MaxRank ? v
-                : throw new InvalidDataException($"{source}: branch_ranks holds '{e}', expected integers in [0, {MaxRank}]")).ToArray();
+                : throw new InvalidDataException($"{source}: branch_ranks must hold integers in [0, {MaxRank}]")).ToArray();
             if (ranks.Sum() != r) throw new InvalidDataException($"{source}: branch_ranks [{string.Join(", ", ranks)}] must sum to r = {r}");
             // served blocks are padded to the largest rank: a lopsided split would cost K·max(r_k) instead of r on the device
             long padded = (long)k * ranks.Max();
@@ -96,7 +105,7 @@ public sealed record AdapterConfig(
             // PEFT matches list entries as suffixes of the module path ("self_attn.q_proj" or just "q_proj").
             string last = name[(name.LastIndexOf('.') + 1)..];
             if (!ProjectionNames.TryParse(last, out var p))
-                throw new InvalidDataException($"{source}: target module '{name}' is not a Llama projection (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+                throw new InvalidDataException($"{source}: target module {Shown(name)} is not a Llama projection (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
             if (!result.Contains(p)) result.Add(p);
         }
         return result;
@@ -109,28 +118,33 @@ public sealed record AdapterConfig(
         if (pattern.Length > 1000) throw new InvalidDataException($"{source}: target_modules pattern is too long");
         System.Text.RegularExpressions.Regex regex;
         try { regex = new("^(?:" + pattern + ")$", System.Text.RegularExpressions.RegexOptions.CultureInvariant, TimeSpan.FromMilliseconds(200)); }
-        catch (ArgumentException e) { throw new InvalidDataException($"{source}: target_modules '{pattern}' is not a valid regex ({e.Message})"); }
+        catch (ArgumentException) { throw new InvalidDataException($"{source}: target_modules is not a valid regex"); }
         try
         {
             var result = Enum.GetValues<Projection>().Where(p =>
                 regex.IsMatch("model.layers.0." + ProjectionNames.ModulePath(p)) || regex.IsMatch("base_model.model.model.layers.0." + ProjectionNames.ModulePath(p)) ||
                 regex.IsMatch(ProjectionNames.ModuleName(p))).ToList();
-            return result.Count > 0 ? result : throw new InvalidDataException($"{source}: target_modules '{pattern}' matches none of the Llama projections");
+            return result.Count > 0 ? result : throw new InvalidDataException($"{source}: target_modules {Shown(pattern)} matches none of the Llama projections");
         }
-        catch (System.Text.RegularExpressions.RegexMatchTimeoutException) { throw new InvalidDataException($"{source}: target_modules '{pattern}' takes too long to match"); }
+        catch (System.Text.RegularExpressions.RegexMatchTimeoutException) { throw new InvalidDataException($"{source}: target_modules takes too long to match"); }
     }
 
     private static void RejectUnsupported(JsonElement root, string source, AdapterKind kind)
     {
         if (Bool(root, "use_dora", source) == true) throw new InvalidDataException($"{source}: use_dora is not supported");
         if (Bool(root, "fan_in_fan_out", source) == true) throw new InvalidDataException($"{source}: fan_in_fan_out is not supported (Llama uses nn.Linear)");
-        if (String(root, "bias", source) is { } bias && bias != "none") throw new InvalidDataException($"{source}: bias '{bias}' is not supported (only 'none')");
+        if (String(root, "bias", source) is { } bias && bias != "none") throw new InvalidDataException($"{source}: bias {Shown(bias)} is not supported (only 'none')");
         foreach (var key in new[] { "rank_pattern", "alpha_pattern" })
             if (root.TryGetProperty(key, out var pat) && pat.ValueKind == JsonValueKind.Object && pat.EnumerateObject().Any())
                 throw new InvalidDataException($"{source}: {key} is not supported (one r and lora_alpha for all modules)");
         if (root.TryGetProperty("modules_to_save", out var mts) && mts.ValueKind == JsonValueKind.Array && mts.GetArrayLength() > 0)
             throw new InvalidDataException($"{source}: modules_to_save is not supported");
     }
+
+    /// <summary>A value from the file as messages show it: quoted when it is a plain name of at most 40 letters, digits,
+    /// '_', '-' or '.', else not at all (messages end up in logs: a config must not be a way to write into them).</summary>
+    private static string Shown(string value) =>
+        value.Length is > 0 and <= 40 && value.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.') ? "'" + value + "'" : "(a value that is not a plain name)";
 
     private static string? String(JsonElement root, string name, string source) =>
         !root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null

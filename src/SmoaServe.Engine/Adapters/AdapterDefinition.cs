@@ -54,26 +54,8 @@ public sealed class AdapterDefinition : IDisposable
     /// <param name="source">file name used in messages</param>
     public static AdapterDefinition Validate(AdapterConfig config, IReadOnlyDictionary<string, Tensor> tensors, BaseModelView model, string source)
     {
-        var found = new Dictionary<(int, Projection), Dictionary<string, Tensor>>();
-        foreach (var (key, value) in tensors)
-        {
-            var m = KeyPattern.Match(key);
-            if (!m.Success) throw new InvalidDataException($"{source}: tensor '{key}' is not an adapter weight this server understands (expected base_model.model.model.layers.L.<module>.lora_A/lora_B...)");
-            int layer = int.Parse(m.Groups["layer"].Value, CultureInfo.InvariantCulture);
-            if (layer >= model.LayerCount) throw new InvalidDataException($"{source}: tensor '{key}': layer {layer} does not exist (the base has {model.LayerCount} layers)");
-            if (!ProjectionNames.TryParse(m.Groups["module"].Value, out var proj) || ProjectionNames.ModulePath(proj) != m.Groups["group"].Value + "." + m.Groups["module"].Value)
-                throw new InvalidDataException($"{source}: tensor '{key}': unknown module '{m.Groups["group"].Value}.{m.Groups["module"].Value}'");
-            if (!config.TargetModules.Contains(proj)) throw new InvalidDataException($"{source}: tensor '{key}': module {ProjectionNames.ModuleName(proj)} is not in target_modules");
-            string part = m.Groups["factor"].Success
-                ? m.Groups["factor"].Value + (m.Groups["block"].Success ? "." + m.Groups["block"].Value : "")
-                : m.Groups["layout"].Value + "." + m.Groups["lblock"].Value;
-            if (!found.TryGetValue((layer, proj), out var parts)) found[(layer, proj)] = parts = new();
-            parts[part] = value;
-        }
-        foreach (var target in config.TargetModules)
-            if (!found.Keys.Any(k => k.Item2 == target))
-                throw new InvalidDataException($"{source}: target module {ProjectionNames.ModuleName(target)} has no tensors");
-
+        CheckTensorSpecs(config, tensors.ToDictionary(kv => kv.Key, kv => new TensorSpec(kv.Value.dtype, kv.Value.shape), StringComparer.Ordinal), model, source);
+        var found = Group(config, tensors, model, source);
         var modules = new Dictionary<(int, Projection), ModuleFactors>();
         try
         {
@@ -92,6 +74,111 @@ public sealed class AdapterDefinition : IDisposable
             throw;
         }
         return new AdapterDefinition(config, modules);
+    }
+
+    /// <summary>
+    /// Every check of <see cref="Validate"/> that needs only names, dtypes and shapes (a safetensors header): which tensors
+    /// exist, that each is one this adapter and this base expect, and its exact shape. Run before any data is read, so a
+    /// file holding an unknown or mis-shaped tensor is refused without reading it.
+    /// </summary>
+    public static void CheckTensorSpecs(AdapterConfig config, IReadOnlyDictionary<string, TensorSpec> tensors, BaseModelView model, string source)
+    {
+        var found = Group(config, tensors, model, source);
+        foreach (var ((layer, proj), parts) in found.OrderBy(e => e.Key))
+        {
+            string prefix = $"base_model.model.model.layers.{layer}.{ProjectionNames.ModulePath(proj)}.";
+            var (outF, inF) = model.Shape(layer, proj);
+            if (config.Kind == AdapterKind.Lora)
+            {
+                foreach (var part in parts.Keys)
+                    if (part is not ("lora_A" or "lora_B")) throw new InvalidDataException($"{source}: tensor '{prefix}{Key(part)}' is not part of a LoRA adapter");
+                SpecFactor(parts, "lora_A", [config.R, inF], prefix, source);
+                SpecFactor(parts, "lora_B", [outF, config.R], prefix, source);
+                continue;
+            }
+            int k = config.NumBlocks;
+            SmoaLayout.CheckBlockCount(outF, inF, k, $"{source}: {prefix.TrimEnd('.')}");
+            var rowSizes = SmoaLayout.SplitSizes(outF, k);
+            var colSizes = SmoaLayout.SplitSizes(inF, k);
+            CheckSmoaPartNames(config, parts.Keys, prefix, source);
+            for (int blk = 0; blk < k; blk++)
+            {
+                int rk = config.BlockRanks[blk];
+                if (rk == 0) continue;
+                SpecFactor(parts, $"lora_A.{blk}", [rk, colSizes[blk]], prefix, source);
+                SpecFactor(parts, $"lora_B.{blk}", [rowSizes[blk], rk], prefix, source);
+            }
+            int layoutParts = parts.Keys.Count(p => p.StartsWith("smoa_", StringComparison.Ordinal));
+            if (layoutParts == 0) continue;
+            for (int blk = 0; blk < k; blk++)
+            {
+                SpecIndices(parts, $"smoa_rows.{blk}", rowSizes[blk], prefix, source);
+                SpecIndices(parts, $"smoa_cols.{blk}", colSizes[blk], prefix, source);
+            }
+        }
+    }
+
+    /// <summary>The header check over a safetensors file's tensor table.</summary>
+    public static void CheckTensorSpecs(AdapterConfig config, IReadOnlyDictionary<string, Checkpoints.SafeTensorInfo> tensors, BaseModelView model, string source) =>
+        CheckTensorSpecs(config, tensors.ToDictionary(kv => kv.Key, kv => new TensorSpec(kv.Value.ScalarType, kv.Value.Shape), StringComparer.Ordinal), model, source);
+
+    private static void SpecFactor(Dictionary<string, TensorSpec> parts, string part, long[] shape, string prefix, string source)
+    {
+        string name = prefix + Key(part);
+        if (!parts.TryGetValue(part, out var t)) throw new InvalidDataException($"{source}: tensor '{name}' is missing");
+        if (t.DType is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64))
+            throw new InvalidDataException($"{source}: tensor '{name}' has dtype {t.DType}, expected a float type");
+        if (!t.Shape.SequenceEqual(shape))
+            throw new InvalidDataException($"{source}: tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}] for this base model and config");
+    }
+
+    private static void SpecIndices(Dictionary<string, TensorSpec> parts, string part, int count, string prefix, string source)
+    {
+        string name = prefix + part;
+        if (!parts.TryGetValue(part, out var t))
+            throw new InvalidDataException($"{source}: layout tensor '{name}' is missing (a stored layout needs smoa_rows.k and smoa_cols.k for every block)");
+        if (t.DType is not (ScalarType.Int64 or ScalarType.Int32)) throw new InvalidDataException($"{source}: tensor '{name}' has dtype {t.DType}, expected int64");
+        if (t.Shape.Length != 1 || t.Shape[0] != count)
+            throw new InvalidDataException($"{source}: tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{count}] (tensor_split sizes)");
+    }
+
+    private static void CheckSmoaPartNames(AdapterConfig config, IEnumerable<string> parts, string prefix, string source)
+    {
+        int k = config.NumBlocks;
+        foreach (var part in parts)
+        {
+            var bits = part.Split('.');
+            if (bits.Length != 2 || !int.TryParse(bits[1], NumberStyles.None, CultureInfo.InvariantCulture, out int block) || block >= k)
+                throw new InvalidDataException($"{source}: tensor '{prefix}{Key(part)}' does not name a block 0..{k - 1} of this SMoA adapter");
+            if (bits[0] is "lora_A" or "lora_B" && config.BlockRanks[block] == 0)
+                throw new InvalidDataException($"{source}: tensor '{prefix}{Key(part)}': block {block} has rank 0 and must have no factors");
+        }
+    }
+
+    /// <summary>Tensors by (layer, module) and part ("lora_A", "lora_B.1", "smoa_rows.0"), every key checked against the
+    /// config and the base; every target module must have tensors.</summary>
+    private static Dictionary<(int, Projection), Dictionary<string, T>> Group<T>(AdapterConfig config, IReadOnlyDictionary<string, T> tensors, BaseModelView model, string source)
+    {
+        var found = new Dictionary<(int, Projection), Dictionary<string, T>>();
+        foreach (var (key, value) in tensors)
+        {
+            var m = KeyPattern.Match(key);
+            if (!m.Success) throw new InvalidDataException($"{source}: tensor '{Checkpoints.SafeTensorsFile.Printable(key.Length > 200 ? key[..200] + "…" : key)}' is not an adapter weight this server understands (expected base_model.model.model.layers.L.<module>.lora_A/lora_B...)");
+            int layer = int.Parse(m.Groups["layer"].Value, CultureInfo.InvariantCulture);
+            if (layer >= model.LayerCount) throw new InvalidDataException($"{source}: tensor '{key}': layer {layer} does not exist (the base has {model.LayerCount} layers)");
+            if (!ProjectionNames.TryParse(m.Groups["module"].Value, out var proj) || ProjectionNames.ModulePath(proj) != m.Groups["group"].Value + "." + m.Groups["module"].Value)
+                throw new InvalidDataException($"{source}: tensor '{key}': unknown module '{m.Groups["group"].Value}.{m.Groups["module"].Value}'");
+            if (!config.TargetModules.Contains(proj)) throw new InvalidDataException($"{source}: tensor '{key}': module {ProjectionNames.ModuleName(proj)} is not in target_modules");
+            string part = m.Groups["factor"].Success
+                ? m.Groups["factor"].Value + (m.Groups["block"].Success ? "." + m.Groups["block"].Value : "")
+                : m.Groups["layout"].Value + "." + m.Groups["lblock"].Value;
+            if (!found.TryGetValue((layer, proj), out var parts)) found[(layer, proj)] = parts = new();
+            parts[part] = value;
+        }
+        foreach (var target in config.TargetModules)
+            if (!found.Keys.Any(k => k.Item2 == target))
+                throw new InvalidDataException($"{source}: target module {ProjectionNames.ModuleName(target)} has no tensors");
+        return found;
     }
 
     private static ModuleFactors LoraModule(AdapterConfig config, Dictionary<string, Tensor> parts, int outF, int inF, string prefix, string source)
@@ -179,6 +266,9 @@ public sealed class AdapterDefinition : IDisposable
         if (!f.isfinite().all().item<bool>()) throw new InvalidDataException($"{source}: tensor '{name}' holds NaN or infinite values");
         return f.MoveToOuterDisposeScope();
     }
+
+    /// <summary>Dtype and shape of a tensor, without its values.</summary>
+    public sealed record TensorSpec(ScalarType DType, long[] Shape);
 
     private static string Key(string part) => part.StartsWith("smoa_", StringComparison.Ordinal) ? part : part + ".weight";
 }

@@ -16,27 +16,40 @@ public static class AdapterFiles
     public const int MaxTensors = 1 << 16;
 
     /// <summary>Reads and validates the adapter in <paramref name="directory"/> against <paramref name="model"/>.</summary>
-    public static AdapterDefinition Read(string directory, BaseModelView model)
+    public static AdapterDefinition Read(string directory, BaseModelView model) => Read(directory, model, checkUpdateBound: true);
+
+    /// <summary>
+    /// Reads and validates an adapter directory, in an order that bounds the work an arbitrary folder can cause: both
+    /// files must be regular files inside the folder within their size limits (<see cref="SafeFile"/>: no FIFO, device or
+    /// link out of the folder is opened); the config is parsed; the weights file is memory-mapped and its header alone
+    /// is checked (tensors tile the data, every name, dtype and shape is one this config and base expect) before any
+    /// tensor data is read; then the values (finite, layouts) and, unless <paramref name="checkUpdateBound"/> is false,
+    /// the size of the update (<see cref="AdapterBounds"/>). Off the model thread: no device work.
+    /// </summary>
+    public static AdapterDefinition Read(string directory, BaseModelView model, bool checkUpdateBound)
     {
         if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"adapter directory not found: {directory}");
-        var config = AdapterConfig.Load(Path.Combine(directory, ConfigFile));
+        string configPath = Path.Combine(directory, ConfigFile);
+        var config = AdapterConfig.Parse(SafeFile.ReadAllBytes(directory, ConfigFile, AdapterConfig.MaxConfigBytes), configPath);
         string weightsPath = Path.Combine(directory, WeightsFile);
-        if (!File.Exists(weightsPath)) throw new FileNotFoundException($"{directory}: {WeightsFile} is missing", weightsPath);
-        long length = new FileInfo(weightsPath).Length;
-        if (length > MaxWeightsBytes) throw new InvalidDataException($"{weightsPath}: {length} bytes, more than the {MaxWeightsBytes} allowed for an adapter");
 
-        using var file = SafeTensorsFile.Open(weightsPath);
-        if (file.Names.Count > MaxTensors) throw new InvalidDataException($"{weightsPath}: {file.Names.Count} tensors, more than the {MaxTensors} allowed");
+        using var file = SafeTensorsFile.Open(SafeFile.OpenRegular(directory, WeightsFile, MaxWeightsBytes), weightsPath, MaxTensors);
+        AdapterDefinition.CheckTensorSpecs(config, file.Infos, model, weightsPath);
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        AdapterDefinition definition;
         try
         {
             foreach (var name in file.Names) tensors[name] = file.ReadTensor(name);
-            return AdapterDefinition.Validate(config, tensors, model, weightsPath);
+            definition = AdapterDefinition.Validate(config, tensors, model, weightsPath);
         }
         finally
         {
             foreach (var t in tensors.Values) t.Dispose();
         }
+        if (!checkUpdateBound) return definition;
+        try { AdapterBounds.Check(definition, model, weightsPath); }
+        catch { definition.Dispose(); throw; }
+        return definition;
     }
 
     /// <summary>

@@ -70,7 +70,6 @@ public sealed class AdapterRegistry : IAdapterSource, IDisposable
     private const int PlanCacheSize = 8;
 
     private readonly object _lock = new();
-    private readonly object _loadLock = new();
     private readonly Dictionary<string, Registered> _adapters = new(StringComparer.Ordinal);
     private readonly Dictionary<(int, Projection, string), SmoaAnchors> _anchors = new();
     private readonly Dictionary<(int, Projection, string, int), SmoaBank> _smoaBanks = new();
@@ -118,54 +117,50 @@ public sealed class AdapterRegistry : IAdapterSource, IDisposable
     /// <summary>Registers an already validated adapter (its tensors are copied; the caller keeps ownership). Model thread.</summary>
     public AdapterInfo Add(string name, AdapterDefinition definition, bool replace = false)
     {
-        CheckName(name);
-        lock (_loadLock)
-        {
-            lock (_lock)
-                if (!replace && _adapters.ContainsKey(name)) throw new InvalidOperationException($"adapter '{name}' is already loaded; remove it first");
-
-            CheckShapes(definition);
-            var config = definition.Config;
-            // 1. Everything that can fail on the adapter's content: layouts (SVD or stored), anchors, folded factors.
-            var targets = new List<Target>();
-            bool folded = config.Kind == AdapterKind.Smoa && Options.SmoaForm == SmoaForm.Folded;
-            foreach (var ((layer, proj), factors) in definition.Modules)
-                targets.Add(new Target(layer, proj, factors,
-                    config.Kind == AdapterKind.Smoa ? factors.CarriedLayout ?? Layouts.Get(layer, proj, config.NumBlocks) : null));
-            var anchors = config.Kind == AdapterKind.Smoa && !folded
-                ? targets.ToDictionary(t => (t.Layer, t.Projection), t => AnchorsFor(t.Layer, t.Projection, t.Layout!))
-                : null;
-
-            // 2. Slots and copies into the banks; undone if anything fails (e.g. out of memory).
-            var placements = new List<Placement>();
-            try
-            {
-                if (anchors is not null)
-                    foreach (var t in targets) placements.Add(PlaceAnchored(t, anchors[(t.Layer, t.Projection)], config));
-                else
-                    foreach (var byGroup in targets.GroupBy(t => (t.Layer, ProjectionGroups.Of(t.Projection).Group)))
-                        placements.Add(PlaceGrouped(byGroup.Key.Layer, byGroup.Key.Group, byGroup.ToList(), config));
-            }
-            catch
-            {
-                lock (_lock) foreach (var p in placements) p.Bank.ReleaseSlot(p.Slot);
-                throw;
-            }
-
-            var info = new AdapterInfo(name, config.Kind, config.R, config.NumBlocks, config.BlockRanks, config.Scaling,
-                config.TargetModules.Select(ProjectionNames.ModuleName).ToList(), definition.Modules.Count, definition.ParameterCount,
-                placements.Sum(p => p.Bank.SlotBytes), definition.Modules.Values.Any(m => m.CarriedLayout is not null));
-            lock (_lock)
-            {
-                if (_adapters.Remove(name, out var old))
-                    foreach (var p in old.Placements) p.Bank.ReleaseSlot(p.Slot);
-                _adapters[name] = new Registered(info, placements);
-                _version++;
-            }
-            return info;
-        }
+        using var install = Prepare(name, definition, replace);
+        while (install.Step()) { }
+        return install.Commit();
     }
 
+    /// <summary>
+    /// Everything of registering an adapter that does not touch the device, on the calling thread (any thread): the shape
+    /// checks, the SMoA layouts (SVDs, or the stored ones), the factors in the compute dtype, folded for LoRA and folded
+    /// SMoA. The result's <see cref="AdapterInstall.Step"/> then copies one module (anchored SMoA: with its anchors the
+    /// first time a layout is used) or one projection group to the device per call, and <see cref="AdapterInstall.Commit"/>
+    /// makes the adapter visible atomically, both on the model thread, so a load costs the model thread a few short
+    /// slices between decode steps. The caller keeps the definition; the install owns its host copies.
+    /// </summary>
+    /// <param name="replace">an adapter already loaded under this name is replaced at commit (it keeps serving until
+    /// then, and if anything fails); otherwise that is an error</param>
+    public AdapterInstall Prepare(string name, AdapterDefinition definition, bool replace = false)
+    {
+        CheckName(name);
+        lock (_lock)
+            if (!replace && _adapters.ContainsKey(name)) throw new InvalidOperationException($"adapter '{name}' is already loaded; remove it first");
+        CheckShapes(definition);
+        var config = definition.Config;
+        bool smoa = config.Kind == AdapterKind.Smoa;
+        var targets = definition.Modules.OrderBy(e => e.Key)
+            .Select(e => new Target(e.Key.Layer, e.Key.Projection, e.Value,
+                smoa ? e.Value.CarriedLayout ?? Layouts.Get(e.Key.Layer, e.Key.Projection, config.NumBlocks) : null))
+            .ToList();
+        var units = new List<InstallUnit>();
+        try
+        {
+            using var _ = no_grad();
+            if (smoa && Options.SmoaForm == SmoaForm.Anchored)
+                foreach (var t in targets) units.Add(AnchoredUnitOf(t, config));
+            else
+                foreach (var byGroup in targets.GroupBy(t => (t.Layer, ProjectionGroups.Of(t.Projection).Group)))
+                    units.Add(GroupedUnitOf(byGroup.Key.Layer, byGroup.Key.Group, byGroup.ToList(), config));
+        }
+        catch
+        {
+            foreach (var u in units) u.Dispose();
+            throw;
+        }
+        return new AdapterInstall(this, name, replace, definition, units);
+    }
     /// <summary>Unregisters an adapter; its slots are reused by later loads. Any thread. False when it was not loaded.</summary>
     public bool Remove(string name)
     {
@@ -223,64 +218,83 @@ public sealed class AdapterRegistry : IAdapterSource, IDisposable
         return anchors;
     }
 
-    /// <summary>Anchored SMoA: the module's block factors into the bank of its anchors and padded rank.</summary>
-    private Placement PlaceAnchored(Target t, SmoaAnchors anchors, AdapterConfig config)
+    /// <summary>Anchored SMoA, host side: the module's block factors in the compute dtype.</summary>
+    private InstallUnit AnchoredUnitOf(Target t, AdapterConfig config) =>
+        new AnchoredUnit(t.Layer, t.Projection, t.Layout!, OnHost(t.Factors.A), OnHost(t.Factors.B), Math.Max(1, config.BlockRanks.Max()));
+
+    /// <summary>Anchored SMoA, device side: the anchors of the module's layout (copied the first time), then the block
+    /// factors into the bank of those anchors and padded rank.</summary>
+    private Placement PlaceAnchored(AnchoredUnit u, AdapterConfig config)
     {
-        using var scope = NewDisposeScope();
-        var (a, b) = OnModelDevice(t.Factors);
-        int rankPad = Math.Max(1, config.BlockRanks.Max());
+        var anchors = AnchorsFor(u.Layer, u.Projection, u.Layout);
         SmoaBank bank;
         int slot;
         lock (_lock)
         {
-            var key = (t.Layer, t.Projection, anchors.Layout.Hash, rankPad);
-            if (!_smoaBanks.TryGetValue(key, out bank!)) _smoaBanks[key] = bank = new SmoaBank(anchors, rankPad, Model.DType, Model.Device);
+            var key = (u.Layer, u.Projection, anchors.Layout.Hash, u.RankPad);
+            if (!_smoaBanks.TryGetValue(key, out bank!)) _smoaBanks[key] = bank = new SmoaBank(anchors, u.RankPad, Model.DType, Model.Device);
             slot = bank.AllocateSlot();
         }
-        try { bank.Write(slot, a, b, config.Scaling); }
+        try { bank.Write(slot, u.A, u.B, config.Scaling); }
         catch { lock (_lock) bank.ReleaseSlot(slot); throw; }
-        var (group, part) = ProjectionGroups.Of(t.Projection);
-        return new Placement(GroupIndex(t.Layer, group), part, bank, slot);
+        var (group, part) = ProjectionGroups.Of(u.Projection);
+        return new Placement(GroupIndex(u.Layer, group), part, bank, slot);
     }
 
-    /// <summary>LoRA, or folded SMoA: the targeted modules of one (layer, group) as folded factors A', scale·B'ᵀ in one slot.</summary>
-    private Placement PlaceGrouped(int layer, ProjectionGroup group, List<Target> targets, AdapterConfig config)
+    /// <summary>LoRA, or folded SMoA, host side: the targeted modules of one (layer, group) as folded factors A', scale·B'ᵀ
+    /// in the compute dtype (the same operations the device would run, so the values are the same).</summary>
+    private InstallUnit GroupedUnitOf(int layer, ProjectionGroup group, List<Target> targets, AdapterConfig config)
     {
-        using var scope = NewDisposeScope();
         var parts = ProjectionGroups.Parts(group);
         var ranks = new int[parts.Count];
-        var outs = parts.Select(p => Model.Shape(layer, p).Out).ToArray();
-        int inFeatures = Model.Shape(layer, parts[0]).In;
         var written = new List<(int Part, Tensor A, Tensor Bt)>();
-        foreach (var t in targets)
+        try
         {
-            int part = ProjectionGroups.Of(t.Projection).Part;
-            var (a, b) = OnModelDevice(t.Factors);
-            var (foldedA, foldedBt) = t.Layout is { } layout
-                ? SmoaMath.FoldFactors(layout, a, b, config.Scaling)           // [r, in], [r, out]
-                : (a[0]!, b[0]!.t() * config.Scaling);                        // LoRA: A [r, in], scale·Bᵀ [r, out]
-            ranks[part] = (int)foldedA.shape[0];
-            written.Add((part, foldedA, foldedBt));
+            foreach (var t in targets)
+            {
+                using var scope = NewDisposeScope();
+                int part = ProjectionGroups.Of(t.Projection).Part;
+                Tensor?[] a = OnHost(t.Factors.A), b = OnHost(t.Factors.B);
+                var (foldedA, foldedBt) = t.Layout is { } layout
+                    ? SmoaMath.FoldFactors(layout, a, b, config.Scaling)           // [r, in], [r, out]
+                    : (a[0]!, b[0]!.t() * config.Scaling);                        // LoRA: A [r, in], scale·Bᵀ [r, out]
+                ranks[part] = (int)foldedA.shape[0];
+                written.Add((part, foldedA.contiguous().DetachFromDisposeScope(), foldedBt.contiguous().DetachFromDisposeScope()));
+            }
         }
+        catch
+        {
+            foreach (var w in written) { w.A.Dispose(); w.Bt.Dispose(); }
+            throw;
+        }
+        return new GroupedUnit(layer, group, ranks, written);
+    }
+
+    /// <summary>LoRA, or folded SMoA, device side: one slot of the (layer, group) bank of this rank signature.</summary>
+    private Placement PlaceGrouped(GroupedUnit u, AdapterConfig config)
+    {
+        var parts = ProjectionGroups.Parts(u.Group);
+        var outs = parts.Select(p => Model.Shape(u.Layer, p).Out).ToArray();
+        int inFeatures = Model.Shape(u.Layer, parts[0]).In;
         var form = config.Kind == AdapterKind.Lora ? GroupForm.LowRank : GroupForm.Hadamard;
         GroupBank bank;
         int slot;
         lock (_lock)
         {
-            var key = (layer, group, form, string.Join(",", ranks));
+            var key = (u.Layer, u.Group, form, string.Join(",", u.Ranks));
             if (!_groupBanks.TryGetValue(key, out bank!))
-                _groupBanks[key] = bank = new GroupBank(form, ranks, inFeatures, outs,
-                    form == GroupForm.Hadamard ? GroupWeightOf(layer, group) : null, Options.FoldedPrefillMaxElements, Model.DType, Model.Device);
+                _groupBanks[key] = bank = new GroupBank(form, u.Ranks, inFeatures, outs,
+                    form == GroupForm.Hadamard ? GroupWeightOf(u.Layer, u.Group) : null, Options.FoldedPrefillMaxElements, Model.DType, Model.Device);
             slot = bank.AllocateSlot();
         }
-        try { bank.Write(slot, written); }
+        try { bank.Write(slot, u.Parts); }
         catch { lock (_lock) bank.ReleaseSlot(slot); throw; }
-        return new Placement(GroupIndex(layer, group), -1, bank, slot);
+        return new Placement(GroupIndex(u.Layer, u.Group), -1, bank, slot);
     }
 
-    /// <summary>A module's factors in the compute dtype on the model's device (into the caller's dispose scope).</summary>
-    private (Tensor?[] A, Tensor?[] B) OnModelDevice(ModuleFactors f) =>
-        (f.A.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray(), f.B.Select(x => x?.to(Model.DType).to(Model.Device)).ToArray());
+    /// <summary>Factors in the compute dtype on the host, as copies the caller owns (outside any dispose scope).</summary>
+    private Tensor?[] OnHost(Tensor?[] factors) =>
+        factors.Select(x => x?.to(Model.DType, copy: true).cpu().contiguous().DetachFromDisposeScope()).ToArray();
 
     /// <summary>The model's fused weight of a group (or, for views without one, a concatenated copy the registry keeps).</summary>
     private Tensor GroupWeightOf(int layer, ProjectionGroup group)
@@ -365,6 +379,113 @@ public sealed class AdapterRegistry : IAdapterSource, IDisposable
     }
 
     private sealed record Registered(AdapterInfo Info, List<Placement> Placements);
+
+    /// <summary>One bounded piece of an install's device work, with the host tensors it copies.</summary>
+    internal abstract class InstallUnit : IDisposable
+    {
+        public abstract void Dispose();
+    }
+
+    internal sealed class AnchoredUnit(int layer, Projection projection, SmoaLayout layout, Tensor?[] a, Tensor?[] b, int rankPad) : InstallUnit
+    {
+        public int Layer => layer;
+        public Projection Projection => projection;
+        public SmoaLayout Layout => layout;
+        public Tensor?[] A => a;
+        public Tensor?[] B => b;
+        public int RankPad => rankPad;
+        public override void Dispose() { foreach (var t in a.Concat(b)) t?.Dispose(); }
+    }
+
+    internal sealed class GroupedUnit(int layer, ProjectionGroup group, int[] ranks, List<(int Part, Tensor A, Tensor Bt)> parts) : InstallUnit
+    {
+        public int Layer => layer;
+        public ProjectionGroup Group => group;
+        public int[] Ranks => ranks;
+        public List<(int Part, Tensor A, Tensor Bt)> Parts => parts;
+        public override void Dispose() { foreach (var p in parts) { p.A.Dispose(); p.Bt.Dispose(); } }
+    }
+
+    /// <summary>
+    /// An adapter prepared by <see cref="Prepare"/>: its device copies one unit per <see cref="Step"/>, then <see cref="Commit"/>
+    /// (model thread). Disposing it before the commit gives back every slot it took; nothing was visible.
+    /// </summary>
+    public sealed class AdapterInstall : IAdapterInstall
+    {
+        private readonly AdapterRegistry _registry;
+        private readonly string _name;
+        private readonly bool _replace;
+        private readonly AdapterConfig _config;
+        private readonly List<InstallUnit> _units;
+        private readonly List<Placement> _placements = new();
+        private readonly int _moduleCount;
+        private readonly long _parameterCount;
+        private readonly bool _carriedLayout;
+        private int _next;
+        private bool _committed, _disposed;
+
+        internal AdapterInstall(AdapterRegistry registry, string name, bool replace, AdapterDefinition definition, List<InstallUnit> units)
+        {
+            _registry = registry;
+            _name = name;
+            _replace = replace;
+            _config = definition.Config;
+            _units = units;
+            _moduleCount = definition.Modules.Count;
+            _parameterCount = definition.ParameterCount;
+            _carriedLayout = definition.Modules.Values.Any(m => m.CarriedLayout is not null);
+        }
+
+        /// <summary>Pieces of device work in all (one module or one projection group each).</summary>
+        public int StepCount => _units.Count;
+
+        public bool Step()
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_committed) throw new InvalidOperationException("the adapter is already committed");
+            if (_next < _units.Count)
+            {
+                var unit = _units[_next];
+                _placements.Add(unit switch
+                {
+                    AnchoredUnit a => _registry.PlaceAnchored(a, _config),
+                    GroupedUnit g => _registry.PlaceGrouped(g, _config),
+                    _ => throw new InvalidOperationException(),
+                });
+                unit.Dispose();
+                _next++;
+            }
+            return _next < _units.Count;
+        }
+
+        public AdapterInfo Commit()
+        {
+            while (Step()) { }
+            var c = _config;
+            var info = new AdapterInfo(_name, c.Kind, c.R, c.NumBlocks, c.BlockRanks, c.Scaling,
+                c.TargetModules.Select(ProjectionNames.ModuleName).ToList(), _moduleCount, _parameterCount,
+                _placements.Sum(p => p.Bank.SlotBytes), _carriedLayout);
+            lock (_registry._lock)
+            {
+                if (!_replace && _registry._adapters.ContainsKey(_name)) throw new InvalidOperationException($"adapter '{_name}' is already loaded; remove it first");
+                if (_registry._adapters.Remove(_name, out var old))
+                    foreach (var p in old.Placements) p.Bank.ReleaseSlot(p.Slot);
+                _registry._adapters[_name] = new Registered(info, _placements.ToList());
+                _registry._version++;
+                _committed = true;
+            }
+            return info;
+        }
+
+        public void Dispose()
+        {
+            if (_disposed) return;
+            _disposed = true;
+            if (!_committed)
+                lock (_registry._lock) foreach (var p in _placements) p.Bank.ReleaseSlot(p.Slot);
+            for (int i = _next; i < _units.Count; i++) _units[i].Dispose();
+        }
+    }
     private sealed record Target(int Layer, Projection Projection, ModuleFactors Factors, SmoaLayout? Layout);
     /// <summary>One slot of an adapter: in a whole-group bank (<paramref name="Part"/> -1) or in one part's anchored bank.</summary>
     internal sealed record Placement(int GroupIndex, int Part, FactorBank Bank, int Slot);

@@ -20,6 +20,7 @@ public sealed class BaseModelView
     private readonly Func<int, Projection, (int Out, int In)>? _shape;
     private readonly Func<string>? _fingerprintSource;
     private string? _fingerprint;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(int, Projection), double> _norms = new();
 
     /// <param name="weight">(layer, projection) → W [out, in] as the model computes with it (owned by the model, or created
     /// in the caller's dispose scope)</param>
@@ -105,6 +106,17 @@ public sealed class BaseModelView
 
     /// <summary>W [out, in] at checkpoint precision, for the SMoA layout's SVD.</summary>
     public Tensor LayoutWeight(int layer, Projection p) => _layoutWeight(layer, p);
+
+    /// <summary>
+    /// ‖W‖_F of one projection at checkpoint precision (summed in float64), computed once and cached. Reads the checkpoint
+    /// file when the view has one, so it can run on any thread (adapter validation runs off the model thread).
+    /// </summary>
+    public double WeightNorm(int layer, Projection p) => _norms.GetOrAdd((layer, p), key =>
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        return _layoutWeight(key.Item1, key.Item2).to(ScalarType.Float64).norm().item<double>();
+    });
 
     /// <summary>(out, in) of a projection; the same in every layer of a Llama model.</summary>
     public (int Out, int In) Shape(int layer, Projection p)

@@ -42,6 +42,8 @@ public static class SafeTensorDTypes
 public sealed unsafe class SafeTensorsFile : IDisposable
 {
     public const long MaxHeaderBytes = 100L * 1024 * 1024;
+    /// <summary>Longest tensor name accepted (names are echoed in messages).</summary>
+    public const int MaxNameLength = 512;
 
     private readonly MemoryMappedFile? _map;
     private readonly MemoryMappedViewAccessor? _view;
@@ -55,12 +57,18 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// <summary>Tensor names in header order.</summary>
     public IReadOnlyList<string> Names { get; }
 
-    private SafeTensorsFile(string path)
+    private readonly int _maxTensors;
+
+    private SafeTensorsFile(string path, FileStream? stream = null, int maxTensors = int.MaxValue)
     {
+        _maxTensors = maxTensors;
         Path = path;
-        FileLength = new FileInfo(path).Length;
-        if (FileLength < 8) throw Bad("file is shorter than the 8-byte header length");
-        _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        try { FileLength = stream?.Length ?? new FileInfo(path).Length; }
+        catch { stream?.Dispose(); throw; }
+        if (FileLength < 8) { stream?.Dispose(); throw Bad("file is shorter than the 8-byte header length"); }
+        _map = stream is null
+            ? MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read)
+            : MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
         try
         {
             _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
@@ -88,6 +96,16 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
         return new SafeTensorsFile(path);
     }
+
+    /// <summary>
+    /// Maps a file already opened by the caller (e.g. by <see cref="SafeFile.OpenRegular"/>, which checked what it is); the
+    /// mapping takes over the stream. Nothing but the header is read until a tensor is asked for.
+    /// </summary>
+    /// <param name="maxTensors">a header listing more tensors is refused while it is parsed</param>
+    public static SafeTensorsFile Open(FileStream stream, string path, int maxTensors = int.MaxValue) => new(path, stream, maxTensors);
+
+    /// <summary>Dtype, shape and byte range of every tensor, from the header alone (no data read).</summary>
+    public IReadOnlyDictionary<string, SafeTensorInfo> Infos => _tensors;
 
     public bool Contains(string name) => _tensors.ContainsKey(name);
 
@@ -156,7 +174,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header.ToArray(), new JsonDocumentOptions { MaxDepth = 16 }); }
-        catch (JsonException e) { throw Bad($"header is not valid JSON: {e.Message}"); }
+        catch (JsonException e) { throw Bad($"header is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1})"); }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Bad("header is not a JSON object");
@@ -172,46 +190,73 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                         metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
                     continue;
                 }
+                if (names.Count >= _maxTensors) throw Bad($"more than the {_maxTensors} tensors allowed");
+                if (prop.Name.Length > MaxNameLength) throw Bad($"a tensor name is longer than {MaxNameLength} characters");
                 var info = ParseEntry(prop.Name, prop.Value, dataLength);
-                if (!tensors.TryAdd(info.Name, info)) throw Bad($"tensor '{info.Name}' appears twice");
+                if (!tensors.TryAdd(info.Name, info)) throw Bad($"tensor '{Printable(info.Name)}' appears twice");
                 names.Add(info.Name);
             }
+            CheckTiling(tensors.Values, dataLength);
             return (tensors, metadata, names);
         }
     }
 
     private SafeTensorInfo ParseEntry(string name, JsonElement e, long dataLength)
     {
-        if (e.ValueKind != JsonValueKind.Object) throw Bad($"entry '{name}' is not an object");
-        if (!e.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String) throw Bad($"tensor '{name}' has no dtype");
+        string shown = Printable(name);
+        if (e.ValueKind != JsonValueKind.Object) throw Bad($"entry '{shown}' is not an object");
+        if (!e.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String) throw Bad($"tensor '{shown}' has no dtype");
         string dtype = dt.GetString()!;
-        if (!SafeTensorDTypes.IsKnown(dtype)) throw Bad($"tensor '{name}' has unsupported dtype '{dtype}'");
+        if (!SafeTensorDTypes.IsKnown(dtype)) throw Bad($"tensor '{shown}' has unsupported dtype '{Short(dtype)}'");
 
-        if (!e.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array) throw Bad($"tensor '{name}' has no shape");
-        if (sh.GetArrayLength() > 16) throw Bad($"tensor '{name}' has more than 16 dimensions");
+        if (!e.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array) throw Bad($"tensor '{shown}' has no shape");
+        if (sh.GetArrayLength() > 16) throw Bad($"tensor '{shown}' has more than 16 dimensions");
         var shape = new long[sh.GetArrayLength()];
         long elements = 1;
         int i = 0;
         foreach (var d in sh.EnumerateArray())
         {
-            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long v) || v < 0) throw Bad($"tensor '{name}' has an invalid dimension {d.GetRawText()}");
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long v) || v < 0) throw Bad($"tensor '{shown}' has an invalid dimension {Short(d.GetRawText())}");
             shape[i++] = v;
             elements = v == 0 ? 0 : (elements > dataLength / v ? long.MaxValue : elements * v); // saturate: checked against the data size below
         }
 
         if (!e.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
-            throw Bad($"tensor '{name}' has no data_offsets [begin, end]");
+            throw Bad($"tensor '{shown}' has no data_offsets [begin, end]");
         long begin = ReadOffset(name, off[0]), end = ReadOffset(name, off[1]);
-        if (begin > end) throw Bad($"tensor '{name}' has data_offsets [{begin}, {end}] with begin after end");
-        if (end > dataLength) throw Bad($"tensor '{name}' has data_offsets [{begin}, {end}] past the end of the data ({dataLength} bytes)");
+        if (begin > end) throw Bad($"tensor '{shown}' has data_offsets [{begin}, {end}] with begin after end");
+        if (end > dataLength) throw Bad($"tensor '{shown}' has data_offsets [{begin}, {end}] past the end of the data ({dataLength} bytes)");
         long expected = elements == long.MaxValue ? long.MaxValue : elements * SafeTensorDTypes.ElementSize(dtype);
         if (end - begin != expected)
-            throw Bad($"tensor '{name}' ({dtype} [{string.Join(", ", shape)}]) needs {(expected == long.MaxValue ? "more than the file's" : expected.ToString())} bytes but data_offsets span {end - begin}");
+            throw Bad($"tensor '{shown}' ({dtype} [{string.Join(", ", shape)}]) needs {(expected == long.MaxValue ? "more than the file's" : expected.ToString())} bytes but data_offsets span {end - begin}");
         return new SafeTensorInfo(name, dtype, shape, begin, end);
     }
 
+    /// <summary>
+    /// The tensors' byte ranges tile the data section exactly, as the reference implementation requires: sorted by offset,
+    /// each begins where the previous ends, the first at 0 and the last at the end of the file. So no two tensors share
+    /// bytes (one region read as two tensors) and the file holds nothing but its tensors.
+    /// </summary>
+    private void CheckTiling(IEnumerable<SafeTensorInfo> tensors, long dataLength)
+    {
+        long end = 0;
+        foreach (var t in tensors.OrderBy(t => t.Begin).ThenBy(t => t.End))
+        {
+            if (t.Begin < end) throw Bad($"tensor '{Printable(t.Name)}' has data_offsets [{t.Begin}, {t.End}] overlapping the previous tensor's bytes (which end at {end})");
+            if (t.Begin > end) throw Bad($"the bytes [{end}, {t.Begin}) before tensor '{Printable(t.Name)}' belong to no tensor");
+            end = t.End;
+        }
+        if (end != dataLength) throw Bad($"the data section is {dataLength} bytes but its tensors end at {end}");
+    }
+
+    private static string Short(string text) => Printable(text.Length > 32 ? text[..32] + "…" : text);
+
+    /// <summary>A name as shown in messages: control characters escaped.</summary>
+    internal static string Printable(string name) =>
+        name.Any(char.IsControl) ? string.Concat(name.Select(c => char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString())) : name;
+
     private long ReadOffset(string name, JsonElement e) =>
-        e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 ? v : throw Bad($"tensor '{name}' has an invalid data offset {e.GetRawText()}");
+        e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 ? v : throw Bad($"tensor '{Printable(name)}' has an invalid data offset {Short(e.GetRawText())}");
 
     private InvalidDataException Bad(string message) => new($"{Path}: malformed safetensors file: {message}");
 

@@ -69,7 +69,9 @@ public sealed class EngineHost : IDisposable
 
     /// <summary>
     /// Makes an adapter resident under <paramref name="id"/>, replacing one of that id (atomically: a bad new version leaves
-    /// the old one serving). A directory is read and validated on the calling task, off the model thread.
+    /// the old one serving). Reading and validating a directory, the update bound, the SMoA layouts and the folded factors
+    /// run on a thread-pool task; the model thread only copies to the device, one module or projection group per work
+    /// item between decode steps, then commits.
     /// </summary>
     public async Task<AdapterInfo> AddAdapterAsync(string id, AdapterSource source)
     {
@@ -79,13 +81,33 @@ public sealed class EngineHost : IDisposable
         switch (source)
         {
             case AdapterSource.Definition d:
-                return await Scheduler.RunOnModelThread(_ => backend.AddAdapter(id, d.Adapter));
+                if (backend.Model is { } model) await Task.Run(() => AdapterBounds.Check(d.Adapter, model.View, $"adapter '{id}'"));
+                return await InstallAsync(backend, id, d.Adapter);
             case AdapterSource.Directory dir:
                 using (var definition = await Task.Run(() => backend.ReadAdapter(dir.Path)))
-                    return await Scheduler.RunOnModelThread(_ => backend.AddAdapter(id, definition));
+                    return await InstallAsync(backend, id, definition);
             default:
                 throw new ArgumentException($"unknown adapter source {source}");
         }
+    }
+
+    private async Task<AdapterInfo> InstallAsync(IEngineBackend backend, string id, AdapterDefinition definition)
+    {
+        using var install = await Task.Run(() => backend.PrepareAdapter(id, definition));
+        while (await Scheduler.RunOnModelThread(_ => StepFor(install, InstallSliceTime))) { }
+        return await Scheduler.RunOnModelThread(_ => install.Commit());
+    }
+
+    /// <summary>Model-thread time one work item of an adapter install may take (plus at most one more piece).</summary>
+    public static readonly TimeSpan InstallSliceTime = TimeSpan.FromMilliseconds(10);
+
+    private static bool StepFor(IAdapterInstall install, TimeSpan budget)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        bool more;
+        do more = install.Step();
+        while (more && System.Diagnostics.Stopwatch.GetElapsedTime(start) < budget);
+        return more;
     }
 
     /// <summary>Drops a resident adapter; rows already running on it fail at their next step. False when it was not resident.</summary>

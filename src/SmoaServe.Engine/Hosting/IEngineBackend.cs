@@ -33,6 +33,13 @@ public interface IEngineBackend : IDisposable
     /// <summary>Makes an adapter resident (device copies), replacing one of that id atomically. Model thread.</summary>
     AdapterInfo AddAdapter(string id, AdapterDefinition definition);
 
+    /// <summary>
+    /// Everything of <see cref="AddAdapter"/> that needs no device (layouts, folded factors), on the calling thread, off
+    /// the model thread; the install's steps and commit then run on the model thread. The definition must outlive the
+    /// install. Default: all the work at commit.
+    /// </summary>
+    IAdapterInstall PrepareAdapter(string id, AdapterDefinition definition) => new DeferredInstall(() => AddAdapter(id, definition));
+
     /// <summary>Drops a resident adapter; false when there was none. Any thread.</summary>
     bool RemoveAdapter(string id);
 
@@ -60,6 +67,7 @@ public sealed class ServingBackend : IEngineBackend
     public EngineModel Model => _model;
     public AdapterDefinition ReadAdapter(string directory) => _model.ReadAdapter(directory);
     public AdapterInfo AddAdapter(string id, AdapterDefinition definition) => _model.AddAdapter(id, definition, replace: true);
+    public IAdapterInstall PrepareAdapter(string id, AdapterDefinition definition) => _model.Adapters.Prepare(id, definition, replace: true);
     public bool RemoveAdapter(string id) => _model.Adapters.Remove(id);
     public IReadOnlyList<AdapterInfo> ResidentAdapters => _model.Adapters.List();
 

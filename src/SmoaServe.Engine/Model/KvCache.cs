@@ -36,6 +36,23 @@ public sealed class KvCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// Zeroes positions 0..length-1 of <paramref name="slot"/> in every layer. Attention reads every row's keys up to the
+    /// batch's longest position and masks the rest, but a masked entry still enters the arithmetic (q·k before the mask
+    /// is added, 0 × v after the softmax): an entry left by an earlier sequence that overflowed (inf or NaN) would turn
+    /// the new occupant's attention into NaN. Cleared when a sequence leaves its slot, so a slot holds only zeros or the
+    /// entries of its current sequence.
+    /// </summary>
+    public void Clear(int slot, int length)
+    {
+        if (slot < 0 || slot >= Slots) throw new ArgumentOutOfRangeException(nameof(slot), $"slot {slot} of {Slots}");
+        length = Math.Min(length, MaxSequenceLength);
+        if (length <= 0) return;
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        foreach (var store in _k.Concat(_v)) store.narrow(0, slot, 1).narrow(2, 0, length).zero_();
+    }
+
     /// <summary>Bytes held by the cache.</summary>
     public long Bytes => _k.Sum(t => t.NumberOfElements * t.ElementSize) * 2;
 

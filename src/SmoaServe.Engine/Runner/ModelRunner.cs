@@ -16,6 +16,7 @@ public sealed class ModelRunner : IModelRunner
     private readonly KvCache _cache;
     private readonly IAdapterSource? _adapters;
     private readonly int[] _lengths; // tokens held by each slot
+    private readonly int[] _written; // positions of each slot that may hold non-zero KV entries (its tokens and padding)
 
     public int VocabSize => _model.Config.VocabSize;
     public int MaxSequenceLength { get; }
@@ -31,6 +32,7 @@ public sealed class ModelRunner : IModelRunner
         SlotCount = slotCount;
         MaxSequenceLength = maxSequenceLength;
         _lengths = new int[slotCount];
+        _written = new int[slotCount];
         var c = model.Config;
         _cache = new KvCache(c.NumLayers, slotCount, c.NumKvHeads, maxSequenceLength, c.HeadDim, model.Dtype, model.Device);
     }
@@ -51,6 +53,8 @@ public sealed class ModelRunner : IModelRunner
             throw new ArgumentException($"sequence of {startPosition + t} tokens exceeds the runner's maximum of {MaxSequenceLength}");
         CheckTokens(tokens);
         var adapters = CreateAdapterBatch([adapterId]);
+        if (startPosition == 0) ClearSlot(slot);
+        MarkWritten(slot, startPosition + t);
 
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -106,6 +110,11 @@ public sealed class ModelRunner : IModelRunner
         var adapters = CreateAdapterBatch(rows.Select(r => r.AdapterId).ToList());
         int b = rows.Count;
         int length = rows.Max(r => r.StartPosition) + t;                                                   // keys read per row
+        foreach (var r in rows)
+        {
+            if (r.StartPosition == 0) ClearSlot(r.Slot);
+            MarkWritten(r.Slot, r.StartPosition + t);                                                       // padding included
+        }
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var ids = new long[b * t];
@@ -151,6 +160,7 @@ public sealed class ModelRunner : IModelRunner
             if ((uint)r.Token >= (uint)VocabSize) throw new ArgumentOutOfRangeException(nameof(rows), $"token id {r.Token} is outside the vocabulary (0..{VocabSize - 1})");
         }
         var adapters = CreateAdapterBatch(rows.Select(r => r.AdapterId).ToList());
+        foreach (var r in rows) MarkWritten(r.Slot, r.Position + 1);
 
         int b = rows.Count;
         int length = rows.Max(r => r.Position) + 1;
@@ -188,7 +198,23 @@ public sealed class ModelRunner : IModelRunner
         return rows;
     }
 
-    public void FreeSlot(int slot) => _lengths[CheckSlot(slot)] = 0;
+    /// <summary>Ends the slot's sequence and zeroes its KV entries (see <see cref="KvCache.Clear"/>): whatever that sequence
+    /// computed, even inf or NaN, cannot reach the rows that use the slot later.</summary>
+    public void FreeSlot(int slot)
+    {
+        _lengths[CheckSlot(slot)] = 0;
+        ClearSlot(slot);
+    }
+
+    /// <summary>Zeroes what earlier sequences left in the slot (nothing to do when it is already clean).</summary>
+    private void ClearSlot(int slot)
+    {
+        if (_written[slot] == 0) return;
+        _cache.Clear(slot, _written[slot]);
+        _written[slot] = 0;
+    }
+
+    private void MarkWritten(int slot, int end) => _written[slot] = Math.Max(_written[slot], Math.Min(end, MaxSequenceLength));
 
     /// <summary>[1, 1, T, start+T]: query i (at start+i) may attend to keys 0..start+i.</summary>
     private Tensor PrefillMask(int start, int t)

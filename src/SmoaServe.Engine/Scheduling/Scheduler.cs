@@ -171,9 +171,13 @@ public sealed class Scheduler : IDisposable
         }
     }
 
+    /// <summary>Runs the work queued before this call (work queued meanwhile, e.g. an adapter's next device copy, waits
+    /// for the next step, so a long sequence of work items never holds the running sequences back).</summary>
     private void RunPendingWork()
     {
-        while (true)
+        int pending;
+        lock (_work) pending = _work.Count;
+        for (; pending > 0; pending--)
         {
             Action<IModelRunner> run;
             lock (_work)
@@ -350,6 +354,12 @@ public sealed class Scheduler : IDisposable
     private void Accept(Sequence seq, float[] logits)
     {
         if (seq.Stream.CancelRequested) return; // reaped before the next step
+        // a row whose own values overflowed ends alone; its slot is cleared when freed, so no later row sees them
+        if (!LogitsCheck.AllFinite(logits))
+        {
+            Finish(seq, FinishReason.Error, LogitsCheck.NonFiniteMessage);
+            return;
+        }
         var sampling = seq.Request.Sampling;
         int token = seq.Sampler.Sample(logits);
         seq.Generated++;
