@@ -1,10 +1,20 @@
 using System.Security.Cryptography;
 using System.Text;
+using SmoaServe.Platform.Adapters;
+using SmoaServe.Platform.Tenants;
 
 namespace SmoaServe.Server;
 
-/// <summary>Who is calling: an id and whether it may administer the server.</summary>
-public sealed record ApiCaller(string Id, bool IsAdmin);
+/// <summary>Who is calling: an id, whether it may administer the server, and the tenant it is (null for the admin).</summary>
+public sealed record ApiCaller(string Id, bool IsAdmin, Tenant? Tenant = null)
+{
+    /// <summary>The adapters this caller sees and uses.</summary>
+    public AdapterScope Scope => Tenant is { } t ? AdapterScope.ForTenant(t.Id) : AdapterScope.Admin;
+    /// <summary>The unit of fair sharing and per-tenant metrics: the tenant id, or null for the admin.</summary>
+    public string? Owner => Tenant?.Id;
+    /// <summary>The label used in per-tenant metrics.</summary>
+    public string MetricsLabel => Tenant?.Name ?? "_admin";
+}
 
 /// <summary>Maps an API key to its caller.</summary>
 public interface IApiKeyValidator
@@ -29,6 +39,13 @@ public sealed class AdminKeyValidator : IApiKeyValidator
             ? new ApiCaller("admin", IsAdmin: true) : null;
 }
 
+/// <summary>The admin key (constant-time hash comparison), else a tenant key looked up by its hash in the platform store.</summary>
+public sealed class TenantKeyValidator(AdminKeyValidator admin, TenantService tenants) : IApiKeyValidator
+{
+    public ApiCaller? Validate(string apiKey) =>
+        admin.Validate(apiKey) ?? (tenants.Authenticate(apiKey) is { } tenant ? new ApiCaller(tenant.Id, IsAdmin: false, tenant) : null);
+}
+
 /// <summary>--allow-anonymous: every call is the admin.</summary>
 public sealed class AnonymousValidator : IApiKeyValidator
 {
@@ -51,6 +68,10 @@ public sealed class ApiKeyFilter(IApiKeyValidator validator) : IEndpointFilter
         return next(context);
     }
 
+    /// <summary>The caller the filter authenticated for this request.</summary>
+    public static ApiCaller Caller(HttpContext http) =>
+        http.Items[CallerItem] as ApiCaller ?? throw new InvalidOperationException("no authenticated caller");
+
     private static string? BearerToken(string header)
     {
         const string scheme = "Bearer ";
@@ -58,4 +79,12 @@ public sealed class ApiKeyFilter(IApiKeyValidator validator) : IEndpointFilter
         string token = header[scheme.Length..].Trim();
         return token.Length > 0 ? token : null;
     }
+}
+
+/// <summary>Endpoint filter after <see cref="ApiKeyFilter"/>: only the admin key passes (403 for a tenant key).</summary>
+public sealed class AdminOnlyFilter : IEndpointFilter
+{
+    public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next) =>
+        ApiKeyFilter.Caller(context.HttpContext).IsAdmin ? next(context)
+            : throw new ApiException(403, "This route needs the admin key.", "permission_error", null, "forbidden");
 }

@@ -7,7 +7,8 @@ using SmoaServe.Platform.Adapters;
 namespace SmoaServe.Server;
 
 /// <summary>A validated completion: prompt ids, the adapter (null = base) and the sampling of one request.</summary>
-public sealed record CompletionJob(string RequestId, string Model, string? AdapterId, IReadOnlyList<int> PromptIds, SamplingParams Sampling, IReadOnlyList<string> Stop);
+public sealed record CompletionJob(string RequestId, string Model, string? AdapterId, IReadOnlyList<int> PromptIds, SamplingParams Sampling, IReadOnlyList<string> Stop,
+    ApiCaller? Caller = null);
 
 /// <summary>How a completion ended, with its token counts.</summary>
 public sealed record CompletionOutcome(string FinishReason, int PromptTokens, int CompletionTokens, TimeSpan Latency)
@@ -19,14 +20,16 @@ public sealed record CompletionOutcome(string FinishReason, int PromptTokens, in
 /// Runs completions on the engine's scheduler and turns their token streams into text: incremental decoding (never
 /// splitting a character), stop strings, and the OpenAI finish reason. Client disconnect cancels the sequence.
 /// </summary>
-public sealed class CompletionRunner(EngineHost engine, AdapterService adapters, ServerStatus status, Microsoft.Extensions.Options.IOptions<ServerOptions> options)
+public sealed class CompletionRunner(EngineHost engine, AdapterService adapters, ServerStatus status, Microsoft.Extensions.Options.IOptions<ServerOptions> options,
+    TenantLimiter limiter, ServerMetrics metrics)
 {
     public EngineHost Engine { get; } = engine;
     public AdapterService Adapters { get; } = adapters;
     public ServerStatus Status { get; } = status;
 
     /// <summary>Checks the context length like vLLM and fills in the default max tokens (the rest of the context).</summary>
-    public CompletionJob CreateJob(string requestId, string modelId, IReadOnlyList<int> promptIds, GenerationFields g)
+    /// <param name="caller">whose namespace <paramref name="modelId"/> is resolved in (null = the admin's)</param>
+    public CompletionJob CreateJob(string requestId, string modelId, IReadOnlyList<int> promptIds, GenerationFields g, ApiCaller? caller = null)
     {
         if (promptIds.Count == 0) throw ApiException.BadRequest("The prompt is empty.", "prompt");
         int maxLen = Engine.MaxSequenceLength;
@@ -44,12 +47,29 @@ public sealed class CompletionRunner(EngineHost engine, AdapterService adapters,
             Temperature = g.Temperature, TopP = g.TopP, TopK = g.TopK, Seed = g.Seed, MaxTokens = maxTokens,
             StopTokenIds = g.IgnoreEos ? new HashSet<int>() : Engine.EosTokenIds,
         };
-        return new CompletionJob(requestId, modelId, Adapters.Resolve(modelId), promptIds, sampling, g.Stop);
+        return new CompletionJob(requestId, modelId, Adapters.Resolve(caller?.Scope ?? AdapterScope.Admin, modelId), promptIds, sampling, g.Stop, caller);
     }
 
     public async Task<CompletionOutcome> RunAsync(CompletionJob job, Func<string, ValueTask> onText, CancellationToken ct)
     {
         var started = Stopwatch.GetTimestamp();
+        var tenant = job.Caller?.Tenant;
+        if (tenant?.Quota.MaxConcurrentRequests is { } max)
+        {
+            if (!limiter.TryEnter(tenant.Id, max))
+            {
+                metrics.Routing.OnRejected(tenant.Name, "max_concurrent_requests");
+                throw ApiException.TooManyRequests(
+                    $"This tenant already has {max} requests in flight (limit max_concurrent_requests); retry later.", options.Value.RetryAfterSeconds);
+            }
+            try { return await RunStreamAsync(job, onText, started, ct); }
+            finally { limiter.Exit(tenant.Id); }
+        }
+        return await RunStreamAsync(job, onText, started, ct);
+    }
+
+    private async Task<CompletionOutcome> RunStreamAsync(CompletionJob job, Func<string, ValueTask> onText, long started, CancellationToken ct)
+    {
         var stream = Submit(job, ct);
         var decoder = Engine.Tokenizer.CreateStreamDecoder(skipSpecialTokens: true);
         var stops = new StopStringMatcher(job.Stop);
@@ -95,11 +115,13 @@ public sealed class CompletionRunner(EngineHost engine, AdapterService adapters,
             return Engine.Scheduler.Submit(new GenerationRequest
             {
                 PromptIds = job.PromptIds, AdapterId = job.AdapterId, Sampling = job.Sampling, CancellationToken = ct, RequestId = job.RequestId,
+                Owner = job.Caller?.Owner,
             });
         }
         catch (QueueFullException e)
         {
-            throw ApiException.TooManyRequests(e.Message, options.Value.RetryAfterSeconds);
+            metrics.Routing.OnRejected(job.Caller?.MetricsLabel ?? "_admin", e.Limit);
+            throw new ApiException(429, e.Message, "rate_limit_exceeded", null, e.Limit) { RetryAfterSeconds = options.Value.RetryAfterSeconds };
         }
         catch (ArgumentException e)
         {

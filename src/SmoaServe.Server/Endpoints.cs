@@ -55,33 +55,31 @@ public static class Endpoints
             : status.Draining ? "The server is shutting down."
             : status.Loaded.IsFaulted ? "The model failed to load." : "The model is loading.").ToResponse(), Json.Options, statusCode: 503);
 
-    private static async Task Metrics(HttpContext http, ServerMetrics metrics)
-    {
-        http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        await metrics.Registry.CollectAndExportAsTextAsync(http.Response.Body, http.RequestAborted);
-    }
+    private static Task Metrics(HttpContext http, ServerMetrics metrics) => metrics.Routing.WriteAsync(http, metrics.Registry);
 
-    private static IResult ListModels(ServerStatus status, EngineHost engine, AdapterService adapters) =>
-        Results.Json(new ModelList(ModelCards(status, engine, adapters).ToList()), Json.Options);
+    private static IResult ListModels(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters) =>
+        Results.Json(new ModelList(ModelCards(ApiKeyFilter.Caller(http).Scope, status, engine, adapters).ToList()), Json.Options);
 
-    private static IResult GetModel(string id, ServerStatus status, EngineHost engine, AdapterService adapters) =>
-        Results.Json(ModelCards(status, engine, adapters).FirstOrDefault(c => c.Id == id) ?? throw ApiException.ModelNotFound(id), Json.Options);
+    private static IResult GetModel(string id, HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters) =>
+        Results.Json(ModelCards(ApiKeyFilter.Caller(http).Scope, status, engine, adapters).FirstOrDefault(c => c.Id == id) ?? throw ApiException.ModelNotFound(id), Json.Options);
 
-    private static IEnumerable<ModelCard> ModelCards(ServerStatus status, EngineHost engine, AdapterService adapters)
+    /// <summary>The base and the adapters the caller sees (a tenant: its own; the admin: all, tenants' as "tenant/name").</summary>
+    private static IEnumerable<ModelCard> ModelCards(AdapterScope scope, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
         EnsureLoaded(status);
         yield return new ModelCard(status.BaseModelId, status.CreatedAt.ToUnixTimeSeconds(), "smoa", status.BaseModelId, null, engine.MaxSequenceLength);
-        foreach (var a in adapters.Catalog.List())
-            yield return new ModelCard(a.Name, a.CreatedAt.ToUnixTimeSeconds(), "smoa", a.Name, status.BaseModelId, engine.MaxSequenceLength);
+        foreach (var a in adapters.Visible(scope))
+            yield return new ModelCard(a.Id, a.Record.CreatedAt.ToUnixTimeSeconds(), "smoa", a.Id, status.BaseModelId, engine.MaxSequenceLength);
     }
 
     private static async Task ChatCompletions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
     {
         EnsureLoaded(runner.Status);
         var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
-        runner.Adapters.Resolve(request.Model);
+        var caller = ApiKeyFilter.Caller(http);
+        runner.Adapters.Resolve(caller.Scope, request.Model);
         var ids = ChatPromptIds(runner.Engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false);
-        var job = runner.CreateJob(NewId("chatcmpl"), request.Model, ids, request.Generation);
+        var job = runner.CreateJob(NewId("chatcmpl"), request.Model, ids, request.Generation, caller);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = job.RequestId;
         CompletionOutcome? result;
@@ -119,9 +117,10 @@ public static class Endpoints
     {
         EnsureLoaded(runner.Status);
         var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
-        runner.Adapters.Resolve(request.Model);
+        var caller = ApiKeyFilter.Caller(http);
+        runner.Adapters.Resolve(caller.Scope, request.Model);
         var ids = request.PromptIds ?? PromptTokens.Encode(runner.Engine, request.PromptText!, addSpecialTokens: true, "prompt");
-        var job = runner.CreateJob(NewId("cmpl"), request.Model, ids, request.Generation);
+        var job = runner.CreateJob(NewId("cmpl"), request.Model, ids, request.Generation, caller);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = job.RequestId;
         CompletionResponse Response(string text, string? finish, Usage? usage) =>
@@ -152,7 +151,7 @@ public static class Endpoints
     {
         EnsureLoaded(status);
         var request = RequestParser.ParseTokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
-        adapters.Resolve(request.Model);
+        adapters.Resolve(ApiKeyFilter.Caller(http).Scope, request.Model);
         var ids = request.Messages is { } messages
             ? ChatPromptIds(engine, messages, request.AddGenerationPrompt, request.AddSpecialTokens, engine.MaxSequenceLength)
             : PromptTokens.Encode(engine, request.Prompt!, request.AddSpecialTokens, "prompt", engine.MaxSequenceLength);
@@ -163,7 +162,7 @@ public static class Endpoints
     {
         EnsureLoaded(status);
         var request = RequestParser.ParseDetokenize(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(engine)));
-        adapters.Resolve(request.Model);
+        adapters.Resolve(ApiKeyFilter.Caller(http).Scope, request.Model);
         int vocab = engine.Tokenizer.VocabSize;
         // like /tokenize, bounded by the context: no request turns into an unbounded response
         if (request.Tokens.Count > engine.MaxSequenceLength)
@@ -192,6 +191,7 @@ public static class Endpoints
             return;
         }
         metrics.OnGeneration(endpoint, job.Model, r.PromptTokens, r.CompletionTokens, r.Latency);
+        metrics.Routing.OnGeneration(job.Caller?.MetricsLabel ?? "_admin", endpoint, r.PromptTokens, r.CompletionTokens);
         log.LogInformation("Generation {RequestId} {Endpoint} model={Model} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} finish={FinishReason} latency_ms={LatencyMs:F1}",
             job.RequestId, endpoint, job.Model, r.PromptTokens, r.CompletionTokens, r.FinishReason, r.Latency.TotalMilliseconds);
     }

@@ -32,6 +32,8 @@ public sealed class EngineService(EngineHost engine, AdapterService adapters, Se
                 await adapters.RegisterAsync(name, AdapterSource.FromDirectory(dir), AdapterOrigin.Preloaded);
                 logger.LogInformation("Adapter {Adapter} loaded from {Directory}", name, dir);
             }
+            var restored = await adapters.RestoreAsync();
+            if (restored.Count > 0) logger.LogInformation("{Count} stored adapters registered (loaded on first use)", restored.Count);
             status.MarkLoaded();
         }
         catch (Exception e)

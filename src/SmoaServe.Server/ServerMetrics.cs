@@ -19,6 +19,9 @@ public sealed class ServerMetrics : ISchedulerMetrics
     private readonly Histogram _latency;
     private readonly Counter _finished;
 
+    /// <summary>vLLM-named routing gauges, residency and per-tenant counters in the same registry.</summary>
+    public RoutingMetrics Routing { get; }
+
     public ServerMetrics()
     {
         var f = Metrics.WithCustomRegistry(Registry);
@@ -34,6 +37,7 @@ public sealed class ServerMetrics : ISchedulerMetrics
         _latency = f.CreateHistogram("smoa_request_duration_seconds", "End-to-end generation request latency.",
             new HistogramConfiguration { Buckets = LatencyBuckets, LabelNames = ["endpoint"] });
         _finished = f.CreateCounter("smoa_sequences_finished_total", "Finished sequences by reason.", "reason");
+        Routing = new RoutingMetrics(Registry);
     }
 
     public void OnRequest(string endpoint, int status) => _requests.WithLabels(endpoint, status.ToString()).Inc();
@@ -44,6 +48,8 @@ public sealed class ServerMetrics : ISchedulerMetrics
         _generationTokens.WithLabels(model).Inc(completionTokens);
         _latency.WithLabels(endpoint).Observe(latency.TotalSeconds);
     }
+
+    public void OnAdapterUploaded(string tenant) => Routing.OnUpload(tenant);
 
     public void OnStep(int running, int queued, int decodeRows, int prefillTokens)
     {

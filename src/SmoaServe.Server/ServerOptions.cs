@@ -37,6 +37,8 @@ public sealed class ServerOptions
     public bool MetricsAllowAnonymous { get; set; }
 
     public long MaxRequestBodyBytes { get; set; } = 4 << 20;
+    /// <summary>Largest adapter upload (the whole multipart body), POST /v1/adapters.</summary>
+    public long MaxUploadBytes { get; set; } = 512L << 20;
     /// <summary>Graceful shutdown: in-flight streams get this long to finish, then are cancelled.</summary>
     public double ShutdownTimeoutSeconds { get; set; } = 30;
     /// <summary>Retry-After seconds sent with 429.</summary>
@@ -56,6 +58,8 @@ public sealed class ServerOptions
         if (!LogFormat.Equals("json", StringComparison.OrdinalIgnoreCase) && !LogFormat.Equals("text", StringComparison.OrdinalIgnoreCase))
             problems.Add($"log format '{LogFormat}': expected text or json");
         if (MaxRequestBodyBytes < 1) problems.Add($"MaxRequestBodyBytes must be >= 1 (got {MaxRequestBodyBytes})");
+        if (MaxUploadBytes < 1 || MaxUploadBytes > Engine.Adapters.AdapterFiles.MaxWeightsBytes)
+            problems.Add($"MaxUploadBytes must be between 1 and {Engine.Adapters.AdapterFiles.MaxWeightsBytes} (got {MaxUploadBytes})");
         if (ShutdownTimeoutSeconds < 0) problems.Add($"ShutdownTimeoutSeconds must be >= 0 (got {ShutdownTimeoutSeconds})");
         if (RetryAfterSeconds < 0) problems.Add($"RetryAfterSeconds must be >= 0 (got {RetryAfterSeconds})");
         if (!(AdaptersPollSeconds > 0)) problems.Add($"AdaptersPollSeconds must be > 0 (got {AdaptersPollSeconds})");

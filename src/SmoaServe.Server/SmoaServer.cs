@@ -4,6 +4,8 @@ using Serilog;
 using Serilog.Events;
 using SmoaServe.Engine.Hosting;
 using SmoaServe.Platform.Adapters;
+using SmoaServe.Platform.Storage;
+using SmoaServe.Platform.Tenants;
 
 namespace SmoaServe.Server;
 
@@ -64,11 +66,16 @@ public static class SmoaServer
             var metrics = sp.GetRequiredService<ServerMetrics>();
             return engine is null ? EngineHost.Load(options, metrics) : new EngineHost(engine, options.Scheduler, metrics);
         });
-        services.AddSingleton<IAdapterCatalog, InMemoryAdapterCatalog>();
+        // the platform store (tenants, keys, stored adapters) and adapter files live in the data directory
+        services.AddSingleton<IPlatformStore>(sp => SqlitePlatformStore.OpenIn(sp.GetRequiredService<IOptions<EngineOptions>>().Value.DataDirectory));
+        services.AddSingleton(sp => new AdapterFileStore(sp.GetRequiredService<IOptions<EngineOptions>>().Value.DataDirectory));
+        services.AddSingleton<IAdapterCatalog>(sp => new StoredAdapterCatalog(sp.GetRequiredService<IPlatformStore>()));
         services.AddSingleton(sp => new AdapterService(sp.GetRequiredService<IAdapterCatalog>(), sp.GetRequiredService<EngineHost>(),
-            sp.GetRequiredService<ServerStatus>().BaseModelId));
+            sp.GetRequiredService<ServerStatus>().BaseModelId, sp.GetRequiredService<AdapterFileStore>(), sp.GetRequiredService<IPlatformStore>()));
+        services.AddSingleton(sp => new TenantService(sp.GetRequiredService<IPlatformStore>(), sp.GetRequiredService<AdapterService>()));
+        services.AddSingleton<TenantLimiter>();
         services.AddSingleton<IApiKeyValidator>(sp => sp.GetRequiredService<IOptions<ServerOptions>>().Value is var o && o.AllowAnonymous
-            ? new AnonymousValidator() : new AdminKeyValidator(o.ResolveAdminKey()));
+            ? new AnonymousValidator() : new TenantKeyValidator(new AdminKeyValidator(o.ResolveAdminKey()), sp.GetRequiredService<TenantService>()));
         services.AddSingleton<CompletionRunner>();
         services.AddHostedService<EngineService>();
         services.AddSingleton<AdapterDirectoryWatcher>();
@@ -99,7 +106,9 @@ public static class SmoaServer
                 : throw new ApiException(404, "No such OpenAPI document; the API is described at /openapi/v1.json.", "invalid_request_error", null, "not_found"));
         // resolve the engine first: a missing or bad model directory fails here, not at the first request
         app.Services.GetRequiredService<EngineHost>();
+        metrics.Routing.Attach(metrics.Registry, app.Services.GetRequiredService<EngineHost>(), app.Services.GetRequiredService<AdapterService>());
         Endpoints.Map(app);
+        TenantEndpoints.Map(app, app.Services.GetRequiredService<IApiKeyValidator>());
         return app;
     }
 

@@ -43,7 +43,8 @@ public class AdapterDirectoryTests
 
             Directory.Delete(Path.Combine(root, "hot"), true);
             await WaitFor(async () => !(await ModelIds(host)).Contains("hot"), "hot removed");
-            await host.Engine.Scheduler.RunOnModelThread(_ => Assert.DoesNotContain("hot", runner.Adapters));
+            // unlisted first, then dropped from the engine
+            await WaitFor(async () => !await host.Engine.Scheduler.RunOnModelThread(_ => runner.Adapters.Contains("hot")), "hot unloaded");
             var ids = await ModelIds(host);
             Assert.Equal(["fake-base", "at-start"], ids);
 

@@ -84,7 +84,12 @@ public class ReliabilityTests(ReliabilityFixture fx, ITestOutputHelper output) :
 
         // forced in: resident on the engine and listed, without the bound
         using (var forced = AdapterFiles.Read(bad, view, checkUpdateBound: false))
-            await fx.Host.Engine.RunOnDeviceAsync(b => b.AddAdapter("poison", forced));
+            await fx.Host.Engine.RunOnDeviceAsync(b =>
+            {
+                var info = b.AddAdapter("poison", forced);
+                fx.Host.Engine.Residency.MarkResident("poison", null, null, info.Bytes);
+                return info;
+            });
         fx.Host.Adapters.Catalog.Put(new AdapterRecord("poison", "poison", AdapterOrigin.Preloaded, bad, DateTimeOffset.UtcNow,
             new AdapterDetails("lora", 4, null, ["q_proj"], 0, 0)));
         try

@@ -384,7 +384,7 @@ public class ServerLimitTests
     }
 
     [Fact]
-    public async Task Removing_an_adapter_under_a_running_request_answers_404()
+    public async Task Removing_an_adapter_under_a_running_request_lets_it_finish_and_answers_404_to_new_ones()
     {
         var runner = new FakeRunner(slots: 2) { StepDelay = TimeSpan.FromMilliseconds(5) };
         string dir = Path.Combine(Path.GetTempPath(), "smoa-removed-adapter-" + Guid.NewGuid().ToString("N"));
@@ -394,12 +394,24 @@ public class ServerLimitTests
         {
             await using var host = await TestHost.StartAsync(FakeBackend.Spec(runner), o => o.Adapters["short-lived"] = dir);
             var pending = host.Http.PostAsync("/v1/completions",
-                new StringContent("""{"model":"short-lived","prompt":"abc","max_tokens":200}""", Encoding.UTF8, "application/json"));
+                new StringContent("""{"model":"short-lived","prompt":"abc","max_tokens":40,"ignore_eos":true,"temperature":0}""", Encoding.UTF8, "application/json"));
             Assert.True(runner.PrefillEntered.Wait(TimeSpan.FromSeconds(20)));
             Assert.True(await host.Adapters.RemoveAsync("short-lived"));
             var resp = await pending;
-            Assert.Equal(HttpStatusCode.NotFound, resp.StatusCode);
-            var error = JsonNode.Parse(await resp.Content.ReadAsStringAsync())!["error"]!;
+            Assert.Equal(HttpStatusCode.OK, resp.StatusCode);
+            var body = JsonNode.Parse(await resp.Content.ReadAsStringAsync())!;
+            var seq = new FakeTokenizer().Encode("abc", true).ToList();
+            var expected = new StringBuilder();
+            for (int i = 0; i < 40; i++) { int t = FakeRunner.PredictByHash(seq, "short-lived"); expected.Append((char)t); seq.Add(t); }
+            Assert.Equal(expected.ToString(), (string?)body["choices"]![0]!["text"]);
+            // the device copy goes once the row is done
+            for (int i = 0; i < 100 && runner.HasAdapter("short-lived"); i++) await Task.Delay(20);
+            Assert.False(runner.HasAdapter("short-lived"));
+
+            var late = await host.Http.PostAsync("/v1/completions",
+                new StringContent("""{"model":"short-lived","prompt":"abc","max_tokens":4}""", Encoding.UTF8, "application/json"));
+            Assert.Equal(HttpStatusCode.NotFound, late.StatusCode);
+            var error = JsonNode.Parse(await late.Content.ReadAsStringAsync())!["error"]!;
             Assert.Equal("model_not_found", (string?)error["code"]);
             Assert.Equal("model", (string?)error["param"]);
         }

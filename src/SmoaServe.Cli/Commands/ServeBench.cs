@@ -33,6 +33,15 @@ public static class ServeBench
           --max-running N        in-process server: KV slots (default 16)
           --compare-single       run the same load again with every request on one model
           --single-model ID      the model for --compare-single (default: the first of --models)
+
+        tenants and the adapter store (in-process server with --model):
+          --stored-adapters N    upload N copies of --adapter-template DIR through the API (one tenant) and spread the load
+                                 over all of them; reports adapter load latency p50/p99 (first request → on the device),
+                                 loads, evictions and throughput
+          --max-device-adapters M  device budget in adapters (default: no limit)
+          --fairness N           tenant A keeps N streams busy while tenant B sends --requests requests one at a time;
+                                 reports B's time to first token idle and under A's flood, and their ratio
+          --no-fair-share        in-process server: first come, first served (for comparison)
         """;
 
     public sealed record Figures(string Models, int Clients, int Requests, int Errors, long Tokens, double Seconds,
@@ -47,8 +56,9 @@ public static class ServeBench
     public static int Run(string[] args)
     {
         var cli = CliArgs.Parse(args, ["url", "api-key", "model", "adapter", "models", "clients", "requests", "max-tokens", "prompt", "max-running", "single-model",
-            "synthetic", "tokenizer", "synthetic-adapters", "adapter-kind", "r", "num-blocks", "target-modules"],
-            ["compare-single"]);
+            "synthetic", "tokenizer", "synthetic-adapters", "adapter-kind", "r", "num-blocks", "target-modules",
+            "stored-adapters", "adapter-template", "max-device-adapters", "fairness"],
+            ["compare-single", "no-fair-share"]);
         if (cli.Help) { Console.WriteLine(Usage); return 0; }
         if ((cli.Has("url") ? 1 : 0) + (cli.Has("model") ? 1 : 0) + (cli.Has("synthetic") ? 1 : 0) != 1)
             throw new UsageException("give exactly one of --url, --model and --synthetic");
@@ -74,7 +84,14 @@ public static class ServeBench
                 o.AdminKey = key;
                 o.AdaptersDir = Path.Combine(Path.GetTempPath(), "smoa-loadtest-none");
                 foreach (var a in adapters) o.Adapters[a[0]] = a[1];
-            }, synthetic, o => { o.Model = cli.Get("model"); o.MaxRunning = slots; });
+            }, synthetic, o =>
+            {
+                o.Model = cli.Get("model");
+                o.MaxRunning = slots;
+                o.Data = Path.Combine(Path.GetTempPath(), "smoa-loadtest-data-" + Guid.NewGuid().ToString("N"));
+                if (cli.Has("max-device-adapters")) o.MaxDeviceAdapters = cli.GetInt("max-device-adapters", 0);
+                if (cli.Flag("no-fair-share")) o.FairShare = false;
+            });
             app.StartAsync().GetAwaiter().GetResult();
             app.Services.GetRequiredService<ServerStatus>().Loaded.GetAwaiter().GetResult();
             if (synthetic is not null) RegisterSyntheticAdapters(app, SyntheticAdapterConfig(cli), cli.GetInt("synthetic-adapters", 4)).GetAwaiter().GetResult();
@@ -89,6 +106,14 @@ public static class ServeBench
         {
             using var http = new HttpClient { BaseAddress = url, Timeout = TimeSpan.FromMinutes(30) };
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
+            if (cli.Has("stored-adapters") || cli.Has("fairness"))
+            {
+                if (app is null) throw new UsageException("--stored-adapters and --fairness run an in-process server: give --model");
+                return cli.Has("fairness")
+                    ? TenantBench.Fairness(app, url, key, cli.GetInt("fairness", 64), requests, maxTokens, prompt)
+                    : TenantBench.StoredAdapters(app, url, key, cli.GetInt("stored-adapters", 200),
+                        cli.Get("adapter-template") ?? throw new UsageException("--stored-adapters needs --adapter-template DIR"), clients, requests, maxTokens, prompt);
+            }
             var models = cli.Get("models")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? ListModels(http);
             Console.WriteLine($"server {url}  prompt '{prompt}'  max_tokens {maxTokens}");
             RunLoad(http, models, models.Length, models.Length, 4, prompt).GetAwaiter().GetResult(); // warm-up (JIT, first-use costs), not reported
@@ -99,7 +124,13 @@ public static class ServeBench
         }
         finally
         {
-            if (app is not null) { app.StopAsync().GetAwaiter().GetResult(); app.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+            if (app is not null)
+            {
+                string data = app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<EngineOptions>>().Value.DataDirectory;
+                app.StopAsync().GetAwaiter().GetResult();
+                app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                try { Directory.Delete(data, recursive: true); } catch (IOException) { }
+            }
         }
     }
 
@@ -164,7 +195,7 @@ public static class ServeBench
     }
 
     /// <summary>One streaming completion: time to the first text chunk, gaps between chunks, tokens from the usage chunk.</summary>
-    private static async Task<(double TtftMs, List<double> GapsMs, int Tokens)?> StreamOne(HttpClient http, string model, string prompt, int maxTokens)
+    internal static async Task<(double TtftMs, List<double> GapsMs, int Tokens)?> StreamOne(HttpClient http, string model, string prompt, int maxTokens)
     {
         var body = JsonSerializer.Serialize(new
         {
@@ -196,7 +227,7 @@ public static class ServeBench
         return first is null ? null : (first.Value, gaps, tokens);
     }
 
-    private static double Percentile(List<double> values, double p)
+    internal static double Percentile(List<double> values, double p)
     {
         if (values.Count == 0) return double.NaN;
         var sorted = values.OrderBy(v => v).ToArray();

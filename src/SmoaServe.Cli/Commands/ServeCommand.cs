@@ -25,6 +25,12 @@ public sealed class ServeCommand : ICommand
           --max-prefill-chunk N     longest prefill chunk of one prompt per step (default 128)
           --max-queued N            waiting requests before 429 (default 256)
           --max-model-len N         context per slot (default: min(max_position_embeddings, 4096))
+          --max-device-adapters N   adapters on the device at once; others wait on the host or disk, loaded on first use (default: no limit)
+          --max-device-adapter-bytes B   device bytes of adapter factors at once (default: no limit)
+          --max-host-adapter-bytes B     host memory for validated adapters in front of the disk (default 2 GiB)
+          --max-queued-per-tenant N waiting requests per tenant before 429 (default: only --max-queued)
+          --max-upload-bytes B      largest adapter upload, POST /v1/adapters (default 512 MiB)
+          --no-fair-share           first come, first served instead of equal shares of the batch per tenant
           --log-format text|json    console log format (default text)
           --allow-anonymous         no API key needed (local use only)
 
@@ -38,18 +44,23 @@ public sealed class ServeCommand : ICommand
         ("model", "Model"), ("served-model-name", "ServedModelName"), ("urls", "Urls"), ("data", "Data"), ("device", "Device"),
         ("dtype", "Dtype"), ("adapters-dir", "AdaptersDir"), ("max-running", "MaxRunning"), ("max-batched-tokens", "MaxBatchedTokens"),
         ("max-prefill-chunk", "MaxPrefillChunk"), ("max-queued", "MaxQueued"), ("max-model-len", "MaxModelLen"),
-        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"),
+        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"), ("max-device-adapters", "MaxDeviceAdapters"),
+        ("max-device-adapter-bytes", "MaxDeviceAdapterBytes"), ("max-host-adapter-bytes", "MaxHostAdapterBytes"),
+        ("max-queued-per-tenant", "MaxQueuedPerTenant"), ("max-upload-bytes", "MaxUploadBytes"),
     ];
 
     public int Run(string[] args)
     {
-        var cli = CliArgs.Parse(args, Settings.Select(s => s.Option).Append("adapter"), ["allow-anonymous"]);
+        var cli = CliArgs.Parse(args, Settings.Select(s => s.Option).Append("adapter"), ["allow-anonymous", "no-fair-share"]);
         if (cli.Positionals.Count > 0) throw new UsageException($"unexpected argument '{cli.Positionals[0]}'");
         var config = new Dictionary<string, string?>();
         foreach (var (option, key) in Settings)
             if (cli.Get(option) is { } v) config[$"{ServerOptions.Section}:{key}"] = v;
-        foreach (var (option, _) in Settings.Where(s => s.Option.StartsWith("max-", StringComparison.Ordinal)))
+        foreach (var (option, _) in Settings.Where(s => s.Option.StartsWith("max-", StringComparison.Ordinal) && !s.Option.EndsWith("-bytes", StringComparison.Ordinal)))
             cli.GetInt(option, 0);
+        foreach (var (option, _) in Settings.Where(s => s.Option.EndsWith("-bytes", StringComparison.Ordinal)))
+            if (cli.Get(option) is { } v && !long.TryParse(v, out _)) throw new UsageException($"--{option} expects a number of bytes, got '{v}'");
+        if (cli.Flag("no-fair-share")) config[$"{ServerOptions.Section}:FairShare"] = "false";
         if (cli.Flag("allow-anonymous")) config[$"{ServerOptions.Section}:AllowAnonymous"] = "true";
         var adapters = cli.All("adapter").Select(ParseAdapter).ToList();
 

@@ -240,11 +240,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     private void CheckTiling(IEnumerable<SafeTensorInfo> tensors, long dataLength)
     {
         long end = 0;
+        SafeTensorInfo? previous = null;
         foreach (var t in tensors.OrderBy(t => t.Begin).ThenBy(t => t.End))
         {
-            if (t.Begin < end) throw Bad($"tensor '{Printable(t.Name)}' has data_offsets [{t.Begin}, {t.End}] overlapping the previous tensor's bytes (which end at {end})");
+            if (t.Begin < end)
+                throw Bad($"tensors '{Printable(previous!.Name)}' [{previous.Begin}, {previous.End}] and '{Printable(t.Name)}' [{t.Begin}, {t.End}] overlap");
             if (t.Begin > end) throw Bad($"the bytes [{end}, {t.Begin}) before tensor '{Printable(t.Name)}' belong to no tensor");
             end = t.End;
+            previous = t;
         }
         if (end != dataLength) throw Bad($"the data section is {dataLength} bytes but its tensors end at {end}");
     }

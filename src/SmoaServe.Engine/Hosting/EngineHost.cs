@@ -23,10 +23,11 @@ public sealed class EngineHost : IDisposable
     private readonly EngineSetup _setup;
     private IEngineBackend? _backend;
 
-    public EngineHost(EngineSetup setup, SchedulerOptions schedulerOptions, ISchedulerMetrics? metrics = null)
+    public EngineHost(EngineSetup setup, SchedulerOptions schedulerOptions, ISchedulerMetrics? metrics = null, ResidencyOptions? residency = null)
     {
         _setup = setup;
-        Scheduler = new Scheduler(CreateRunner, schedulerOptions, metrics);
+        Residency = new AdapterResidency(residency);
+        Scheduler = new Scheduler(CreateRunner, schedulerOptions, metrics, Residency);
     }
 
     /// <summary>
@@ -50,7 +51,7 @@ public sealed class EngineHost : IDisposable
         return new EngineHost(
             new EngineSetup(tokenizer, ChatTemplateLoader.Load(dir), eos,
                 () => new ServingBackend(EngineModel.Load(dir, load, form, data), slots, maxLen)),
-            options.Scheduler, metrics);
+            options.Scheduler, metrics, options.Residency);
     }
 
     public ITextTokenizer Tokenizer => _setup.Tokenizer;
@@ -63,6 +64,9 @@ public sealed class EngineHost : IDisposable
     public Task Ready => Scheduler.Ready;
     public int MaxSequenceLength => Scheduler.MaxSequenceLength;
     public int VocabSize => Scheduler.VocabSize;
+
+    /// <summary>Which adapters are on the device, in host memory or on disk; loads on first use and evicts within its budgets.</summary>
+    public AdapterResidency Residency { get; }
 
     /// <summary>Details of the adapters resident on the device (empty before <see cref="Ready"/>).</summary>
     public IReadOnlyList<AdapterInfo> ResidentAdapters => _backend?.ResidentAdapters ?? [];
@@ -82,20 +86,39 @@ public sealed class EngineHost : IDisposable
         {
             case AdapterSource.Definition d:
                 if (backend.Model is { } model) await Task.Run(() => AdapterBounds.Check(d.Adapter, model.View, $"adapter '{id}'"));
-                return await InstallAsync(backend, id, d.Adapter);
+                // no files to come back from: it stays on the device (pinned)
+                return await InstallAsync(backend, id, d.Adapter, info => Residency.MarkResident(id, null, null, info.Bytes));
             case AdapterSource.Directory dir:
-                using (var definition = await Task.Run(() => backend.ReadAdapter(dir.Path)))
-                    return await InstallAsync(backend, id, definition);
+                var definition = await Task.Run(() => backend.ReadAdapter(dir.Path));
+                try
+                {
+                    // the validated factors stay in host memory (the host tier), so an eviction does not re-read the files
+                    return await InstallAsync(backend, id, definition, info => Residency.MarkResident(id, dir.Path, definition, info.Bytes));
+                }
+                catch
+                {
+                    definition.Dispose();
+                    throw;
+                }
             default:
                 throw new ArgumentException($"unknown adapter source {source}");
         }
     }
 
-    private async Task<AdapterInfo> InstallAsync(IEngineBackend backend, string id, AdapterDefinition definition)
+    /// <summary>
+    /// Prepares off the model thread, copies in slices between decode steps, then commits and records the residency in
+    /// the same model-thread work item (so no step sees one without the other).
+    /// </summary>
+    private async Task<AdapterInfo> InstallAsync(IEngineBackend backend, string id, AdapterDefinition definition, Action<AdapterInfo> committed)
     {
         using var install = await Task.Run(() => backend.PrepareAdapter(id, definition));
         while (await Scheduler.RunOnModelThread(_ => StepFor(install, InstallSliceTime))) { }
-        return await Scheduler.RunOnModelThread(_ => install.Commit());
+        return await Scheduler.RunOnModelThread(_ =>
+        {
+            var info = install.Commit();
+            committed(info);
+            return info;
+        });
     }
 
     /// <summary>Model-thread time one work item of an adapter install may take (plus at most one more piece).</summary>
@@ -110,11 +133,33 @@ public sealed class EngineHost : IDisposable
         return more;
     }
 
-    /// <summary>Drops a resident adapter; rows already running on it fail at their next step. False when it was not resident.</summary>
+    /// <summary>Reads and validates an adapter directory against the base, off the model thread (no device work).</summary>
+    public async Task<AdapterDefinition> ReadAdapterAsync(string directory)
+    {
+        await Ready;
+        var backend = _backend!;
+        return await Task.Run(() => backend.ReadAdapter(directory));
+    }
+
+    /// <summary>
+    /// Registers an adapter that is loaded on first use (see <see cref="AdapterResidency"/>): from its directory, or from
+    /// <paramref name="hostCopy"/> already validated (ownership passes to the engine).
+    /// </summary>
+    public async Task RegisterAdapterAsync(string id, string directory, AdapterDefinition? hostCopy = null, bool pinned = false)
+    {
+        if (string.IsNullOrEmpty(id)) throw new ArgumentException("adapter id is empty");
+        await Ready;
+        Residency.Register(id, directory, hostCopy, pinned);
+    }
+
+    /// <summary>
+    /// Forgets an adapter: queued requests on it end, rows already running on it finish, then it leaves the device.
+    /// False when it was not registered.
+    /// </summary>
     public async Task<bool> RemoveAdapterAsync(string id)
     {
         await Ready;
-        return await Scheduler.RunOnModelThread(_ => _backend!.RemoveAdapter(id));
+        return await Scheduler.RunOnModelThread(_ => Residency.Unregister(id) || _backend!.RemoveAdapter(id));
     }
 
     /// <summary>Runs <paramref name="work"/> on the model thread between two scheduler steps, with the device side.</summary>
@@ -127,10 +172,15 @@ public sealed class EngineHost : IDisposable
     private IModelRunner CreateRunner()
     {
         _backend = _setup.CreateBackend();
+        Residency.Attach(_backend, () => Scheduler);
         return new OwnedRunner(_backend);
     }
 
-    public void Dispose() => Scheduler.Dispose();
+    public void Dispose()
+    {
+        Scheduler.Dispose();
+        Residency.Dispose();
+    }
 
     /// <summary>Hands the scheduler the backend's runner; disposing it disposes the whole backend.</summary>
     private sealed class OwnedRunner(IEngineBackend backend) : IModelRunner

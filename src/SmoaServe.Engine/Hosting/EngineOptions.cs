@@ -33,6 +33,21 @@ public sealed class EngineOptions
     public int MaxQueued { get; set; } = 256;
     /// <summary>Context length per slot; null = min(max_position_embeddings, <see cref="DefaultMaxModelLen"/>).</summary>
     public int? MaxModelLen { get; set; }
+    /// <summary>Requests one tenant may have waiting; null = only <see cref="MaxQueued"/>.</summary>
+    public int? MaxQueuedPerTenant { get; set; }
+    /// <summary>Equal shares of the running batch per tenant, with preemption of the largest (default on).</summary>
+    public bool FairShare { get; set; } = true;
+    /// <summary>Most adapters on the device at once (vLLM --max-loras); null = no limit.</summary>
+    public int? MaxDeviceAdapters { get; set; }
+    /// <summary>Most device bytes of adapter factors; null = no limit.</summary>
+    public long? MaxDeviceAdapterBytes { get; set; }
+    /// <summary>Host memory for validated adapters kept in front of the disk (vLLM --max-cpu-loras, in bytes); default 2 GiB.</summary>
+    public long? MaxHostAdapterBytes { get; set; } = 2L << 30;
+
+    public ResidencyOptions Residency => new()
+    {
+        MaxDeviceAdapters = MaxDeviceAdapters, MaxDeviceBytes = MaxDeviceAdapterBytes, MaxHostBytes = MaxHostAdapterBytes,
+    };
 
     /// <summary>The data directory as an absolute path (./data when unset).</summary>
     public string DataDirectory => Path.GetFullPath(Data ?? "data");
@@ -40,6 +55,7 @@ public sealed class EngineOptions
     public SchedulerOptions Scheduler => new()
     {
         MaxRunning = MaxRunning, MaxBatchedTokens = MaxBatchedTokens, MaxPrefillChunk = MaxPrefillChunk, MaxQueued = MaxQueued,
+        MaxQueuedPerOwner = MaxQueuedPerTenant, FairShare = FairShare,
     };
 
     /// <summary>Every problem with these options (empty when they are usable); checked at start-up.</summary>
@@ -51,6 +67,8 @@ public sealed class EngineOptions
         if (MaxPrefillChunk < 1) problems.Add($"MaxPrefillChunk must be >= 1 (got {MaxPrefillChunk})");
         if (MaxQueued < 0) problems.Add($"MaxQueued must be >= 0 (got {MaxQueued})");
         if (MaxModelLen is < 2) problems.Add($"MaxModelLen must be >= 2 (got {MaxModelLen})");
+        if (MaxQueuedPerTenant is < 0) problems.Add($"MaxQueuedPerTenant must be >= 0 (got {MaxQueuedPerTenant})");
+        problems.AddRange(Residency.Problems());
         string device = Device.Trim().ToLowerInvariant();
         if (device is not ("cpu" or "cuda") && !(device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device.AsSpan(5), out _)))
             problems.Add($"Device '{Device}' is not cpu, cuda or cuda:N");

@@ -6,16 +6,21 @@ namespace SmoaServe.Engine.Scheduling;
 
 /// <summary>
 /// Continuous batching over one <see cref="IModelRunner"/>, owned by one dedicated model thread (TorchSharp scopes
-/// are per thread; nothing here awaits). Each step: every running sequence that has its prompt in the KV cache
-/// decodes one token (rows may use different adapters), then waiting prompts are prefilled in chunks with the rest
-/// of the step's token budget. Sequences join as soon as a slot is free and leave as soon as they finish or are
-/// cancelled, so the batch changes at every step.
+/// are per thread; nothing here awaits). Each step: waiting prompts are prefilled in chunks with the token budget the
+/// decode rows leave, then every running sequence that has its prompt in the KV cache decodes one token (rows may use
+/// different adapters). Sequences join as soon as a slot is free (or their tenant's share frees one) and leave as soon
+/// as they finish or are cancelled, so the batch changes at every step.
 /// </summary>
 public sealed class Scheduler : IDisposable
 {
     private readonly Func<IModelRunner> _createRunner;
     private readonly SchedulerOptions _options;
     private readonly ISchedulerMetrics? _metrics;
+    private readonly IAdapterGate? _gate;
+    private readonly Dictionary<string, int> _waitingByOwner = new(StringComparer.Ordinal); // guarded by _waiting
+    private long _arrivals;     // guarded by _waiting
+    private long _admissions;   // model thread only
+    private long _preemptions;  // model thread only
     private readonly Thread _thread;
     private readonly AutoResetEvent _wake = new(false);
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -29,12 +34,15 @@ public sealed class Scheduler : IDisposable
     private int _freeSlotCount; // mirrors _freeSlots.Count for Submit; decremented under _waiting when a request is taken
     private int _maxRunning;
 
-    public Scheduler(Func<IModelRunner> createRunner, SchedulerOptions options, ISchedulerMetrics? metrics = null)
+    /// <param name="gate">asked before a request on an adapter is admitted (residency: load on first use, no eviction
+    /// under running rows); null = the runner's adapters are all there is</param>
+    public Scheduler(Func<IModelRunner> createRunner, SchedulerOptions options, ISchedulerMetrics? metrics = null, IAdapterGate? gate = null)
     {
         options.Validate();
         _createRunner = createRunner;
         _options = options;
         _metrics = metrics;
+        _gate = gate;
         _thread = new Thread(RunLoop) { IsBackground = true, Name = "smoa-model" };
         _thread.Start();
     }
@@ -52,6 +60,10 @@ public sealed class Scheduler : IDisposable
     /// <summary>Requests queued or running.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
     private int _inFlight;
+    /// <summary>Rows, queue and adapters as of the last step (any thread).</summary>
+    public SchedulerSnapshot Snapshot { get; private set; } = SchedulerSnapshot.Empty;
+    /// <summary>Rows preempted so far to give another owner its share of the batch.</summary>
+    public long Preemptions => Interlocked.Read(ref _preemptions);
     /// <summary>Set when the model loop died (a bug or a runner failure outside a step); nothing runs any more.</summary>
     public Exception? Fault { get; private set; }
 
@@ -75,7 +87,15 @@ public sealed class Scheduler : IDisposable
                 seq.Registration.Dispose();
                 throw refusal is not null ? new InvalidOperationException(refusal) : new QueueFullException(_options.MaxQueued);
             }
+            if (_options.MaxQueuedPerOwner is { } perOwner && _waitingByOwner.GetValueOrDefault(seq.Owner) >= perOwner + Volatile.Read(ref _freeSlotCount))
+            {
+                seq.Registration.Dispose();
+                throw new QueueFullException(perOwner, "max_queued_per_tenant",
+                    $"this tenant already has {perOwner} requests waiting (limit max_queued_per_tenant); retry later");
+            }
+            seq.Arrival = ++_arrivals;
             _waiting.AddLast(seq);
+            _waitingByOwner[seq.Owner] = _waitingByOwner.GetValueOrDefault(seq.Owner) + 1;
             Interlocked.Increment(ref _inFlight);
         }
         Wake();
@@ -126,6 +146,7 @@ public sealed class Scheduler : IDisposable
                 RunPendingWork();
                 ReapCancelled();
                 Admit();
+                TakeSnapshot();
                 if (_running.Count == 0)
                 {
                     ReportIdle();
@@ -208,60 +229,183 @@ public sealed class Scheduler : IDisposable
             for (var node = _waiting.First; node is not null;)
             {
                 var next = node.Next;
-                if (node.Value.Stream.CancelRequested) { _waiting.Remove(node); (dropped ??= new()).Add(node.Value); }
+                if (node.Value.Stream.CancelRequested) { RemoveWaiting(node); (dropped ??= new()).Add(node.Value); }
                 node = next;
             }
         }
         if (dropped is not null) foreach (var s in dropped) End(s, FinishReason.Cancelled);
     }
 
-    /// <summary>Moves waiting requests into free slots, first come first served.</summary>
+    /// <summary>
+    /// Moves waiting requests into free slots. Requests whose adapter is still loading stay queued without holding
+    /// anyone up. With fair sharing the owner with the fewest running rows goes first, and an owner below its share of
+    /// the batch may take the slot of the newest row of the owner furthest above it; otherwise first come, first served.
+    /// </summary>
     private void Admit()
     {
-        while (_freeSlots.Count > 0)
+        while (AdmitOne()) { }
+    }
+
+    /// <summary>Admits (or ends, when its adapter is gone) one waiting request; false when nothing more can move.</summary>
+    private bool AdmitOne()
+    {
+        List<Sequence> waiting;
+        lock (_waiting)
         {
-            Sequence seq;
-            lock (_waiting)
+            if (_waiting.Count == 0) return false;
+            waiting = _waiting.ToList();
+        }
+        bool haveSlot = _freeSlots.Count > 0;
+        if (!haveSlot && !_options.FairShare) return false;
+        var running = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var r in _running) running[r.Owner] = running.GetValueOrDefault(r.Owner) + 1;
+        // owners in order of fewest running rows, then of their earliest waiting request (GroupBy and OrderBy are stable)
+        var owners = _options.FairShare
+            ? waiting.GroupBy(w => w.Owner).OrderBy(g => running.GetValueOrDefault(g.Key)).Select(g => (Owner: g.Key, Queue: g.ToList())).ToList()
+            : [(Owner: "", Queue: waiting)];
+        int activeOwners = owners.Select(o => o.Owner).Union(running.Keys).Count();
+        int share = Math.Max(1, _maxRunning / Math.Max(1, activeOwners));
+        foreach (var (owner, queue) in owners)
+        {
+            Sequence? victim = null;
+            if (!haveSlot)
             {
-                if (_waiting.First is null) return;
-                seq = _waiting.First.Value;
-                _waiting.RemoveFirst();
+                // owners are sorted by running rows: once one is at its share, so are all after it
+                if (running.GetValueOrDefault(owner) >= share) return false;
+                victim = PreemptionVictim(running, share);
+                if (victim is null) return false;
+            }
+            foreach (var seq in queue)
+            {
+                var readiness = Readiness(seq, out string? error);
+                if (readiness == AdapterReadiness.Loading) continue;
+                lock (_waiting) RemoveWaiting(seq);
+                if (readiness == AdapterReadiness.Missing)
+                {
+                    End(seq, FinishReason.Error, error ?? $"adapter '{seq.Request.AdapterId}' is not loaded");
+                    return true;
+                }
+                if (victim is not null) Preempt(victim);
+                seq.Slot = _freeSlots.Pop();
                 Interlocked.Decrement(ref _freeSlotCount);
+                if (seq.Request.AdapterId is { } id && _gate is not null) { _gate.Acquire(id); seq.HoldsAdapter = true; }
+                seq.PrefillTarget = seq.Resumed ? seq.Tokens.Count - 1 : seq.PromptLength;
+                seq.Admission = ++_admissions;
+                _running.Add(seq);
+                return true;
             }
-            if (!_runner!.HasAdapter(seq.Request.AdapterId))
-            {
-                Interlocked.Increment(ref _freeSlotCount);
-                End(seq, FinishReason.Error, $"adapter '{seq.Request.AdapterId}' is not loaded");
-                continue;
-            }
-            seq.Slot = _freeSlots.Pop();
+        }
+        return false;
+    }
+
+    private AdapterReadiness Readiness(Sequence seq, out string? error)
+    {
+        error = null;
+        if (seq.Request.AdapterId is not { } id) return AdapterReadiness.Ready;
+        if (_gate is not null) return _gate.Prepare(id, out error);
+        return _runner!.HasAdapter(id) ? AdapterReadiness.Ready : AdapterReadiness.Missing;
+    }
+
+    /// <summary>The newest row of the owner with the most running rows, when that owner is above its share.</summary>
+    private Sequence? PreemptionVictim(Dictionary<string, int> running, int share)
+    {
+        var (owner, count) = running.OrderByDescending(kv => kv.Value).FirstOrDefault();
+        if (owner is null || count <= share) return null;
+        return _running.Where(r => r.Owner == owner).MaxBy(r => r.Admission);
+    }
+
+    /// <summary>
+    /// Takes a running row out of the batch (its slot freed) and queues it again in its original place. Tokens already
+    /// streamed stay; when it is admitted again its context (prompt and generated tokens but the last) is prefilled anew
+    /// and decoding continues where it stopped, with the same sampler state.
+    /// </summary>
+    private void Preempt(Sequence seq)
+    {
+        _running.Remove(seq);
+        try { _runner!.FreeSlot(seq.Slot); }
+        catch (Exception e)
+        {
+            // a slot that cannot be freed cannot be reused: the row ends instead
             _running.Add(seq);
+            Finish(seq, FinishReason.Error, "freeing the KV slot failed: " + e.Message);
+            return;
+        }
+        _freeSlots.Push(seq.Slot);
+        Interlocked.Increment(ref _freeSlotCount);
+        ReleaseAdapter(seq);
+        seq.Slot = -1;
+        seq.Prefilled = 0;
+        seq.Resumed = seq.Generated > 0;
+        Interlocked.Increment(ref _preemptions);
+        lock (_waiting)
+        {
+            var node = _waiting.First;
+            while (node is not null && node.Value.Arrival < seq.Arrival) node = node.Next;
+            if (node is null) _waiting.AddLast(seq); else _waiting.AddBefore(node, seq);
+            _waitingByOwner[seq.Owner] = _waitingByOwner.GetValueOrDefault(seq.Owner) + 1;
         }
     }
 
-    /// <summary>One batched decode for every prefilled sequence, then prefill chunks within the remaining budget.</summary>
+    /// <summary>Unlinks a waiting sequence (caller holds the _waiting lock).</summary>
+    private void RemoveWaiting(Sequence seq)
+    {
+        var node = _waiting.Find(seq);
+        if (node is not null) RemoveWaiting(node);
+    }
+
+    private void RemoveWaiting(LinkedListNode<Sequence> node)
+    {
+        _waiting.Remove(node);
+        string owner = node.Value.Owner;
+        if (_waitingByOwner.TryGetValue(owner, out int n)) { if (n <= 1) _waitingByOwner.Remove(owner); else _waitingByOwner[owner] = n - 1; }
+    }
+
+    private void ReleaseAdapter(Sequence seq)
+    {
+        if (!seq.HoldsAdapter) return;
+        seq.HoldsAdapter = false;
+        try { _gate!.Release(seq.Request.AdapterId!); }
+        catch (Exception) { /* bookkeeping only; never fails a step */ }
+    }
+
+    /// <summary>Prefill chunks within the budget left by the decode rows, then one batched decode for every prefilled sequence.</summary>
     private void Step()
     {
         // rows grouped by adapter: the batch's adapter list then depends only on how many rows use each adapter,
         // so the adapter source's per-batch plans are reused when sequences come and go
-        var decoding = _running.Where(s => s.Prefilled == s.PromptLength)
+        var decoding = _running.Where(s => s.Prefilled == s.PrefillTarget)
             .OrderBy(s => s.Request.AdapterId ?? "", StringComparer.Ordinal).ThenBy(s => s.Slot).ToList();
-        if (decoding.Count > 0) DecodeStep(decoding);
         // at least one prefill token per step, so prompts progress even when decode rows fill the budget
         int budget = Math.Max(_options.MaxBatchedTokens - decoding.Count, 1);
         int prefillTokens = 0;
         var chunks = new List<(Sequence Seq, int Tokens)>();
-        foreach (var seq in _running.Where(s => s.Prefilled < s.PromptLength))
+        foreach (var seq in _running.Where(s => s.Prefilled < s.PrefillTarget))
         {
             if (budget <= 0) break;
-            int n = Math.Min(Math.Min(seq.PromptLength - seq.Prefilled, _options.MaxPrefillChunk), budget);
+            int n = Math.Min(Math.Min(seq.PrefillTarget - seq.Prefilled, _options.MaxPrefillChunk), budget);
             chunks.Add((seq, n));
             budget -= n;
             prefillTokens += n;
         }
+        // prefill before decode: a prompt's first token comes out one forward sooner (time to first token, e.g. a tenant
+        // just given its share of the batch), while decode rows still get one token per step
         if (chunks.Count > 0) PrefillStep(chunks);
+        if (decoding.Count > 0) DecodeStep(decoding);
         RunningCount = _running.Count;
         _metrics?.OnStep(_running.Count, QueueDepth, decoding.Count, prefillTokens);
+        TakeSnapshot();
+    }
+
+    private void TakeSnapshot()
+    {
+        List<Sequence> waiting;
+        lock (_waiting) waiting = _waiting.ToList();
+        Snapshot = new SchedulerSnapshot(_running.Count, waiting.Count, _maxRunning,
+            _running.Select(r => r.Request.AdapterId).OfType<string>().Distinct().Order(StringComparer.Ordinal).ToList(),
+            waiting.Select(r => r.Request.AdapterId).OfType<string>().Distinct().Order(StringComparer.Ordinal).ToList(),
+            _running.GroupBy(r => r.Owner).ToDictionary(g => g.Key, g => g.Count()),
+            waiting.GroupBy(r => r.Owner).ToDictionary(g => g.Key, g => g.Count()),
+            Interlocked.Read(ref _preemptions));
     }
 
     private void DecodeStep(List<Sequence> decoding)
@@ -327,12 +471,13 @@ public sealed class Scheduler : IDisposable
         foreach (var (seq, n) in chunks) PrefillChunk(seq, n);
     }
 
-    private static int[] ChunkIds(Sequence seq, int n) => seq.Request.PromptIds.Skip(seq.Prefilled).Take(n).ToArray();
+    private static int[] ChunkIds(Sequence seq, int n) => seq.Tokens.GetRange(seq.Prefilled, n).ToArray();
 
+    /// <summary>After the last prompt chunk the first token is sampled; a resumed row's last token is already known (it decodes next).</summary>
     private void Prefilled(Sequence seq, int n, float[] logits)
     {
         seq.Prefilled += n;
-        if (seq.Prefilled == seq.PromptLength) Accept(seq, logits);
+        if (seq.Prefilled == seq.PrefillTarget && !seq.Resumed) Accept(seq, logits);
     }
 
     private void PrefillChunk(Sequence seq, int n)
@@ -364,6 +509,7 @@ public sealed class Scheduler : IDisposable
         int token = seq.Sampler.Sample(logits);
         seq.Generated++;
         seq.LastToken = token;
+        seq.Tokens.Add(token);
         ReportLatency(seq);
         seq.Stream.Write(GenerationOutput.ForToken(token));
         if (sampling.StopTokenIds.Contains(token)) Finish(seq, FinishReason.Stop);
@@ -391,6 +537,7 @@ public sealed class Scheduler : IDisposable
 
     private void End(Sequence seq, FinishReason reason, string? error = null)
     {
+        ReleaseAdapter(seq);
         seq.Registration.Dispose();
         seq.Stream.Write(new GenerationOutput(-1, reason, seq.PromptLength, seq.Generated, error));
         seq.Stream.Complete();
@@ -400,10 +547,11 @@ public sealed class Scheduler : IDisposable
 
     private void ReportIdle()
     {
-        if (RunningCount == 0 && _idleReported) return;
+        if (RunningCount == 0 && _idleReported && Snapshot.Waiting == QueueDepth) return;
         RunningCount = 0;
         _idleReported = true;
         _metrics?.OnStep(0, QueueDepth, 0, 0);
+        TakeSnapshot();
     }
     private bool _idleReported;
 
@@ -411,7 +559,7 @@ public sealed class Scheduler : IDisposable
     {
         foreach (var s in _running.ToList()) Finish(s, FinishReason.Error, message);
         List<Sequence> waiting;
-        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); }
+        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); _waitingByOwner.Clear(); }
         foreach (var s in waiting) End(s, FinishReason.Error, message);
     }
 
@@ -431,7 +579,7 @@ public sealed class Scheduler : IDisposable
         Close();
         foreach (var s in _running.ToList()) Finish(s, FinishReason.Cancelled, "the server is shutting down");
         List<Sequence> waiting;
-        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); }
+        lock (_waiting) { waiting = _waiting.ToList(); _waiting.Clear(); _waitingByOwner.Clear(); }
         foreach (var s in waiting) End(s, FinishReason.Cancelled, "the server is shutting down");
         RunPendingWork();
         try { _runner?.Dispose(); } catch { /* shutting down */ }
@@ -458,6 +606,17 @@ public sealed class Scheduler : IDisposable
         public long LastTokenAt { get; set; }
         public int PromptLength => Request.PromptIds.Count;
         public int Slot { get; set; } = -1;
+        /// <summary>Fair-sharing unit: the request's owner ("" = none).</summary>
+        public string Owner { get; } = request.Owner ?? "";
+        /// <summary>Prompt, then every generated token: what a preempted row prefills again.</summary>
+        public List<int> Tokens { get; } = new(request.PromptIds);
+        /// <summary>Tokens to prefill since admission: the prompt, or a resumed row's context but its last token.</summary>
+        public int PrefillTarget { get; set; }
+        /// <summary>Admitted again after a preemption with tokens already generated.</summary>
+        public bool Resumed { get; set; }
+        public bool HoldsAdapter { get; set; }
+        public long Arrival { get; set; }
+        public long Admission { get; set; }
         public int Prefilled { get; set; }
         public int Generated { get; set; }
         public int LastToken { get; set; }

@@ -13,6 +13,14 @@ public sealed class SchedulerOptions
     public int MaxPrefillChunk { get; set; } = 128;
     /// <summary>Requests waiting for a slot; one more is rejected (<see cref="QueueFullException"/>).</summary>
     public int MaxQueued { get; set; } = 256;
+    /// <summary>Requests one owner (tenant) may have waiting; null = only <see cref="MaxQueued"/> applies.</summary>
+    public int? MaxQueuedPerOwner { get; set; }
+    /// <summary>
+    /// Fair sharing: while several owners have work, each is entitled to an equal share of the running batch; a request of
+    /// an owner below its share takes the slot of the newest row of the owner furthest above it (that row is preempted and
+    /// resumes later by recomputing its context). Off: first come, first served.
+    /// </summary>
+    public bool FairShare { get; set; } = true;
 
     public void Validate()
     {
@@ -20,6 +28,7 @@ public sealed class SchedulerOptions
         if (MaxBatchedTokens < 1) throw new ArgumentException($"MaxBatchedTokens must be >= 1 (got {MaxBatchedTokens})");
         if (MaxPrefillChunk < 1) throw new ArgumentException($"MaxPrefillChunk must be >= 1 (got {MaxPrefillChunk})");
         if (MaxQueued < 0) throw new ArgumentException($"MaxQueued must be >= 0 (got {MaxQueued})");
+        if (MaxQueuedPerOwner is < 0) throw new ArgumentException($"MaxQueuedPerOwner must be >= 0 (got {MaxQueuedPerOwner})");
     }
 }
 
@@ -32,6 +41,8 @@ public sealed class GenerationRequest
     /// <summary>Cancelling (e.g. client disconnect) stops the sequence at the next step and frees its KV slot.</summary>
     public CancellationToken CancellationToken { get; init; }
     public string? RequestId { get; init; }
+    /// <summary>Who the request is for (a tenant id; null = the admin / anonymous): the unit of fair sharing.</summary>
+    public string? Owner { get; init; }
 }
 
 public enum FinishReason { Stop, Length, Cancelled, Error }
@@ -46,10 +57,19 @@ public readonly record struct GenerationOutput(int Token, FinishReason? Finish, 
     public bool IsToken => Finish is null;
 }
 
-/// <summary>The queue is full: try again later (HTTP 429).</summary>
-public sealed class QueueFullException(int maxQueued) : Exception($"the request queue is full ({maxQueued} waiting); retry later")
+/// <summary>The queue is full: try again later (HTTP 429). <see cref="Limit"/> names the limit that was hit.</summary>
+public sealed class QueueFullException : Exception
 {
-    public int MaxQueued { get; } = maxQueued;
+    public QueueFullException(int maxQueued) : this(maxQueued, "max_queued", $"the request queue is full ({maxQueued} waiting); retry later") { }
+
+    public QueueFullException(int maxQueued, string limit, string message) : base(message)
+    {
+        MaxQueued = maxQueued;
+        Limit = limit;
+    }
+
+    public int MaxQueued { get; }
+    public string Limit { get; }
 }
 
 /// <summary>Metric hooks, called on the model thread; keep them cheap.</summary>

@@ -93,7 +93,7 @@ public sealed class FakeRunner : IModelRunner
     public int VocabSize { get; }
     public int MaxSequenceLength { get; }
     public int SlotCount { get; }
-    public bool HasAdapter(string? adapterId) => adapterId is null || Adapters.Contains(adapterId);
+    public bool HasAdapter(string? adapterId) { lock (Adapters) return adapterId is null || Adapters.Contains(adapterId); }
 
     public float[] Prefill(int slot, ReadOnlySpan<int> tokens, int startPosition, string? adapterId)
     {
@@ -183,15 +183,26 @@ public sealed class FakeRunner : IModelRunner
 public sealed class FakeBackend(FakeRunner runner) : IEngineBackend
 {
     public IModelRunner Runner => runner;
+    public FakeRunner FakeRunner => runner;
+    /// <summary>When set, every directory read waits for one permit (a slow disk).</summary>
+    public SemaphoreSlim? ReadGate { get; set; }
+    public int Reads => _reads;
+    private int _reads;
+    /// <summary>Device copies made (AddAdapter calls).</summary>
+    public int DeviceLoads => _loads;
+    private int _loads;
 
     public AdapterDefinition ReadAdapter(string directory)
     {
+        Interlocked.Increment(ref _reads);
+        ReadGate?.Wait();
         if (!File.Exists(Path.Combine(directory, "adapter_config.json"))) throw new InvalidDataException($"{directory}: no adapter_config.json");
         return Empty();
     }
 
     public AdapterInfo AddAdapter(string id, AdapterDefinition definition)
     {
+        Interlocked.Increment(ref _loads);
         lock (runner.Adapters) runner.Adapters.Add(id);
         return new AdapterInfo(id, definition.Config.Kind, definition.Config.R, definition.Config.NumBlocks, definition.Config.BlockRanks,
             definition.Config.Scaling, [], 0, 0, 0, false);
@@ -214,4 +225,8 @@ public sealed class FakeBackend(FakeRunner runner) : IEngineBackend
 
     public static EngineSetup Spec(FakeRunner runner) =>
         new(new FakeTokenizer(), new FakeChatTemplate(), new HashSet<int> { FakeTokenizer.Eos }, () => new FakeBackend(runner));
+
+    /// <summary>A setup over this backend instance (tests that watch its reads and loads).</summary>
+    public static EngineSetup Spec(FakeBackend backend) =>
+        new(new FakeTokenizer(), new FakeChatTemplate(), new HashSet<int> { FakeTokenizer.Eos }, () => backend);
 }

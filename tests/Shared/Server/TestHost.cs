@@ -20,6 +20,10 @@ public sealed class TestHost : IAsyncDisposable
     public EngineHost Engine => App.Services.GetRequiredService<EngineHost>();
     public AdapterService Adapters => App.Services.GetRequiredService<AdapterService>();
 
+    /// <summary>The server's data directory (a fresh temporary one unless the test chose another); deleted with the host.</summary>
+    public string DataDir => App.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<EngineOptions>>().Value.DataDirectory;
+    private string? _ownedData;
+
     private TestHost(WebApplication app)
     {
         App = app;
@@ -31,6 +35,7 @@ public sealed class TestHost : IAsyncDisposable
     public static async Task<TestHost> StartAsync(EngineSetup? model, Action<ServerOptions>? configure = null, string? baseName = "fake-base",
         Action<EngineOptions>? configureEngine = null)
     {
+        string data = Path.Combine(Path.GetTempPath(), "smoa-data-" + Guid.NewGuid().ToString("N"));
         var app = SmoaServer.Build(
             [new("Serilog:MinimumLevel:Default", "Warning"), new("Smoa:Urls", "http://127.0.0.1:0")],
             o =>
@@ -41,9 +46,13 @@ public sealed class TestHost : IAsyncDisposable
                 o.ShutdownTimeoutSeconds = 5;
                 configure?.Invoke(o);
             },
-            model, configureEngine);
+            model, o =>
+            {
+                o.Data = data;
+                configureEngine?.Invoke(o);
+            });
         await app.StartAsync();
-        var host = new TestHost(app);
+        var host = new TestHost(app) { _ownedData = data };
         await host.Status.Loaded.WaitAsync(TimeSpan.FromSeconds(120));
         return host;
     }
@@ -56,5 +65,9 @@ public sealed class TestHost : IAsyncDisposable
         Http.Dispose();
         await App.StopAsync();
         await App.DisposeAsync();
+        if (_ownedData is not null && Directory.Exists(_ownedData))
+        {
+            try { Directory.Delete(_ownedData, recursive: true); } catch (IOException) { }
+        }
     }
 }
