@@ -67,7 +67,7 @@ public sealed class ApiErrorMiddleware(RequestDelegate next, ILogger<ApiErrorMid
         {
             await next(context);
         }
-        catch (Exception) when (context.RequestAborted.IsCancellationRequested)
+        catch (Exception e) when (context.RequestAborted.IsCancellationRequested || e is ClientClosedRequestException)
         {
             ClientClosed(context);
         }
@@ -113,3 +113,6 @@ public static class Json
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
     };
 }
+
+/// <summary>The client went away while its request was being read (its body ended before the declared length).</summary>
+public sealed class ClientClosedRequestException(Exception inner) : IOException("The client closed the connection before sending the whole request body.", inner);

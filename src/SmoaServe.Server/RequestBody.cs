@@ -61,6 +61,11 @@ public sealed class RequestBody : IDisposable
                 {
                     throw new BadHttpRequestException("The request body's framing (chunked encoding) is malformed.", StatusCodes.Status400BadRequest, e);
                 }
+                // a Content-Length body can only end early when the client closed its side: nobody is left to read a 400
+                catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status400BadRequest && declared is { } d && body._length < d)
+                {
+                    throw new ClientClosedRequestException(e);
+                }
                 if (n == 0) break;
                 body._length += n;
             }
