@@ -35,8 +35,9 @@ public class OpenAiSurfaceTests(LlamaServerFixture fx) : IClassFixture<LlamaServ
     }
 
     /// <summary>Token ids back from the bytes the API reports (byte-level BPE: each token's bytes are distinct).</summary>
-    private int IdOf(ReadOnlyMemory<byte> bytes)
+    private int IdOf(ReadOnlyMemory<byte>? maybe)
     {
+        var bytes = maybe ?? throw new Xunit.Sdk.XunitException("no bytes reported");
         var vocab = fx.Host.App.Services.GetRequiredService<OutputVocabulary>().Vocabulary;
         for (int id = 0; id < vocab.Size; id++)
             if (vocab.TokenBytes(id).SequenceEqual(bytes.Span)) return id;
@@ -155,7 +156,7 @@ public class OpenAiSurfaceTests(LlamaServerFixture fx) : IClassFixture<LlamaServ
         }
         Assert.True(changed, "the penalty should move at least one greedy choice");
 
-        int favoured = IdOf(Encoding.UTF8.GetBytes("e"));
+        int favoured = IdOf(new ReadOnlyMemory<byte>(Encoding.UTF8.GetBytes("e")));
         var biased = new ChatCompletionOptions { Temperature = 0f, MaxOutputTokenCount = 5 };
         biased.LogitBiases[favoured] = 100;
         ChatCompletion result = await Chat().CompleteChatAsync([new UserChatMessage("Count to ten.")], biased);
