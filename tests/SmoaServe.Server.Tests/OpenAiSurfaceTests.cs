@@ -44,14 +44,16 @@ public class OpenAiSurfaceTests(LlamaServerFixture fx) : IClassFixture<LlamaServ
         throw new Xunit.Sdk.XunitException("no token has bytes " + Convert.ToHexString(bytes.Span));
     }
 
-    /// <summary>Log-softmax rows [T, vocab] of an independent full forward of the sequence (what `smoa score` computes).</summary>
-    private static double[][] ScoredLogSoftmax(IReadOnlyList<int> ids)
+    /// <summary>Logit rows [T, vocab] of an independent full forward of the sequence (what `smoa score` computes).</summary>
+    private static float[][] Scored(IReadOnlyList<int> ids)
     {
         using var logits = TestModels.Score(TestModels.LlamaA, ids.Select(i => (long)i).ToArray(), null);
         var flat = logits.data<float>().ToArray();
         int v = (int)logits.shape[1];
-        return Enumerable.Range(0, ids.Count).Select(t => TokenLogprobs.LogSoftmax(flat.AsSpan(t * v, v))).ToArray();
+        return Enumerable.Range(0, ids.Count).Select(t => flat.AsSpan(t * v, v).ToArray()).ToArray();
     }
+
+    private static double[][] ScoredLogSoftmax(IReadOnlyList<int> ids) => Scored(ids).Select(r => TokenLogprobs.LogSoftmax(r)).ToArray();
 
     [Fact]
     public async Task Chat_logprobs_are_the_log_softmax_of_the_scored_logits_at_each_generated_position()
@@ -79,6 +81,54 @@ public class OpenAiSurfaceTests(LlamaServerFixture fx) : IClassFixture<LlamaServ
             }
         }
         Assert.Equal(string.Concat(entries.Select(e => e.Token)), result.Content[0].Text);
+
+        // streamed with the same seed: the same tokens and logprobs, spread over the chunks
+        var streamed = new List<ChatTokenLogProbabilityDetails>();
+        var text = new StringBuilder();
+        await foreach (var u in Chat().CompleteChatStreamingAsync([new UserChatMessage("Tell me about rivers.")], options))
+        {
+            streamed.AddRange(u.ContentTokenLogProbabilities);
+            foreach (var part in u.ContentUpdate) text.Append(part.Text);
+        }
+        Assert.Equal(result.Content[0].Text, text.ToString());
+        Assert.Equal(entries.Select(e => (e.Token, e.LogProbability)), streamed.Select(e => (e.Token, e.LogProbability)));
+    }
+
+    [Fact]
+    public async Task Stop_token_ids_and_repetition_penalty_act_as_defined()
+    {
+        var prompt = await ChatPromptIds("Name a colour.");
+        var greedy = new ChatCompletionOptions { Temperature = 0f, MaxOutputTokenCount = 8, IncludeLogProbabilities = true, EndUserId = "user-17" };
+        ChatCompletion plain = await Chat().CompleteChatAsync([new UserChatMessage("Name a colour.")], greedy);
+        var ids = plain.ContentTokenLogProbabilities.Select(e => IdOf(e.Utf8Bytes)).ToList();
+        Assert.True(ids.Count >= 4);
+        int stopAt = ids.FindIndex(1, id => id != ids[0]);
+        // stop given as token ids: the choice ends at that token, which is not part of the text
+        var stopped = await PostOk("/v1/chat/completions", new
+        {
+            model = "llama-a", messages = new[] { new { role = "user", content = "Name a colour." } }, temperature = 0, max_tokens = 8, stop = new[] { ids[stopAt] },
+        });
+        var choice = stopped["choices"]![0]!;
+        Assert.Equal("stop", (string)choice["finish_reason"]!);
+        Assert.Equal(string.Concat(plain.ContentTokenLogProbabilities.Take(stopAt).Select(e => e.Token)), (string)choice["message"]!["content"]!);
+
+        // repetition_penalty 1.8 (HF / vLLM): over prompt and generated ids, positive logits divided, negative multiplied
+        var body = await PostOk("/v1/chat/completions", new
+        {
+            model = "llama-a", messages = new[] { new { role = "user", content = "Name a colour." } }, temperature = 0, max_tokens = 8, repetition_penalty = 1.8,
+            logprobs = true,
+        });
+        var penalised = body["choices"]![0]!["logprobs"]!["content"]!.AsArray()
+            .Select(e => IdOf(new ReadOnlyMemory<byte>(e!["bytes"]!.AsArray().Select(b => (byte)(int)b!).ToArray()))).ToList();
+        var rows = Scored([.. prompt, .. penalised]);
+        var seen = prompt.ToHashSet();
+        for (int k = 0; k < penalised.Count; k++)
+        {
+            var row = rows[prompt.Count - 1 + k];
+            int expected = Enumerable.Range(0, row.Length).MaxBy(i => !seen.Contains(i) ? row[i] : row[i] > 0 ? row[i] / 1.8f : row[i] * 1.8f);
+            Assert.Equal(expected, penalised[k]);
+            seen.Add(penalised[k]);
+        }
     }
 
     [Fact]
