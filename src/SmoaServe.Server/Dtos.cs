@@ -77,11 +77,19 @@ public sealed record StreamOptionsDoc(bool? IncludeUsage);
 
 public sealed record ChatCompletionRequestDoc(
     string Model, IReadOnlyList<ChatMessageDoc> Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature,
-    double? TopP, long? Seed, IReadOnlyList<string>? Stop, int? N, bool? Stream, StreamOptionsDoc? StreamOptions);
+    double? TopP, long? Seed, IReadOnlyList<string>? Stop, int? N, bool? Stream, StreamOptionsDoc? StreamOptions,
+    bool? Logprobs = null, int? TopLogprobs = null, double? PresencePenalty = null, double? FrequencyPenalty = null, double? RepetitionPenalty = null,
+    IReadOnlyDictionary<string, double>? LogitBias = null, double? MinP = null, int? TopK = null, IReadOnlyList<int>? StopTokenIds = null,
+    string? User = null, string? AdapterId = null, System.Text.Json.JsonElement? ResponseFormat = null, System.Text.Json.JsonElement? Tools = null,
+    System.Text.Json.JsonElement? ToolChoice = null, bool? ParallelToolCalls = null, bool? IgnoreEos = null);
 
 public sealed record CompletionRequestDoc(
     string Model, string Prompt, int? MaxTokens, double? Temperature, double? TopP, long? Seed, IReadOnlyList<string>? Stop,
-    int? N, bool? Stream, StreamOptionsDoc? StreamOptions);
+    int? N, bool? Stream, StreamOptionsDoc? StreamOptions,
+    int? Logprobs = null, bool? Echo = null, int? BestOf = null, double? PresencePenalty = null, double? FrequencyPenalty = null,
+    double? RepetitionPenalty = null, IReadOnlyDictionary<string, double>? LogitBias = null, double? MinP = null, int? TopK = null,
+    IReadOnlyList<int>? StopTokenIds = null, string? User = null, string? AdapterId = null, System.Text.Json.JsonElement? ResponseFormat = null,
+    bool? IgnoreEos = null);
 
 public sealed record TokenizeRequestDoc(string? Model, string? Prompt, IReadOnlyList<ChatMessageDoc>? Messages, bool? AddGenerationPrompt, bool? AddSpecialTokens);
 
