@@ -290,6 +290,37 @@ public class OpenAiSurfaceTests(LlamaServerFixture fx) : IClassFixture<LlamaServ
     }
 
     [Fact]
+    public async Task Auto_tool_choice_parses_calls_from_the_output_and_json_object_mode_gives_an_object()
+    {
+        // the output held to the Llama 3.1 call shape by a schema; with tool_choice auto it is parsed into tool_calls
+        var callShape = """
+            {"type":"object","properties":{"name":{"enum":["get_weather"]},"parameters":{"type":"object","properties":{"city":{"enum":["Oslo","Rome"]}},
+             "required":["city"],"additionalProperties":false}},"required":["name","parameters"],"additionalProperties":false}
+            """;
+        var options = new ChatCompletionOptions
+        {
+            Temperature = 1f, Seed = 9, MaxOutputTokenCount = 100, ToolChoice = ChatToolChoice.CreateAutoChoice(),
+            ResponseFormat = ChatResponseFormat.CreateJsonSchemaFormat("call", BinaryData.FromString(callShape)),
+        };
+        options.Tools.Add(WeatherTool());
+        ChatCompletion result = await Chat().CompleteChatAsync([new UserChatMessage("Weather?")], options);
+        Assert.Equal(ChatFinishReason.ToolCalls, result.FinishReason);
+        var call = Assert.Single(result.ToolCalls);
+        Assert.Equal("get_weather", call.FunctionName);
+        Assert.Contains(JsonDocument.Parse(call.FunctionArguments.ToString()).RootElement.GetProperty("city").GetString(), new[] { "Oslo", "Rome" });
+
+        // json_object: any object; a bias towards '}' closes it quickly
+        var body = await PostOk("/v1/chat/completions", new
+        {
+            model = "llama-a", messages = new[] { new { role = "user", content = "JSON please" } }, max_tokens = 60, seed = 1,
+            response_format = new { type = "json_object" }, logit_bias = new Dictionary<string, int> { [IdOf(new ReadOnlyMemory<byte>("}"u8.ToArray())).ToString()] = 30 },
+        });
+        string text = (string)body["choices"]![0]!["message"]!["content"]!;
+        Assert.Equal(JsonValueKind.Object, JsonDocument.Parse(text).RootElement.ValueKind);
+        Assert.Equal("stop", (string)body["choices"]![0]!["finish_reason"]!);
+    }
+
+    [Fact]
     public async Task Adapter_id_is_an_alternative_to_model()
     {
         int[] prompt = [1019, 40, 41, 42, 43];
