@@ -81,6 +81,7 @@ public static class Endpoints
         var ids = ChatRequestIds(runner.Engine, request);
         var grammar = request.ToolChoice.ForcesCall ? ToolGrammar(request) : OutputGrammar(runner.Vocabulary, request.ResponseFormat);
         var job = runner.CreateJob(NewId("chatcmpl"), model, ids, request.Generation, caller, grammar);
+        CheckLogprobsVolume([job], "top_logprobs");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = job.RequestId;
         int n = job.N;
@@ -195,6 +196,7 @@ public static class Endpoints
             jobs.Add(runner.CreateJob(requestId, model, ids, request.Generation, caller, grammar));
             echoes.Add(!request.Echo ? "" : prompt.Text ?? runner.Engine.Tokenizer.Decode(prompt.Ids!, skipSpecialTokens: false));
         }
+        CheckLogprobsVolume(jobs, "logprobs");
         int n = request.Generation.N, choices = jobs.Count * n;
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = requestId;
@@ -313,6 +315,18 @@ public static class Endpoints
                 "unsupported_schema_keyword");
         }
         catch (ArgumentException e) { throw ApiException.BadRequest("tools: " + e.Message, "tools"); }
+    }
+
+    /// <summary>Most logprob entries (choices × tokens × (alternatives + 1)) one response may carry.</summary>
+    public const long MaxLogprobEntries = 500_000;
+
+    /// <summary>A response with logprobs is bounded: n × max tokens × alternatives could otherwise ask for gigabytes of JSON.</summary>
+    private static void CheckLogprobsVolume(IReadOnlyList<CompletionJob> jobs, string param)
+    {
+        long entries = jobs.Sum(j => j.Sampling.TopLogprobs is int top ? (long)j.N * j.Sampling.MaxTokens * (top + 1) : 0);
+        if (entries > MaxLogprobEntries)
+            throw ApiException.BadRequest($"This request could return {entries} logprob entries (choices × max tokens × (top_logprobs + 1)); " +
+                $"at most {MaxLogprobEntries}. Lower n, max_tokens or top_logprobs.", param);
     }
 
     /// <summary>−∞ (a masked id) as vLLM writes it: JSON has no infinity.</summary>

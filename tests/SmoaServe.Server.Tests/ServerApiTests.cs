@@ -223,6 +223,7 @@ public class ServerApiTests(FakeServerFixture fx) : IClassFixture<FakeServerFixt
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"presence_penalty":3}""", "presence_penalty")]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"logit_bias":{"a":1}}""", "logit_bias")]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"top_logprobs":2}""", "top_logprobs")]
+    [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":20,"n":128,"max_tokens":200}""", "top_logprobs")]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"response_format":{"type":"yaml"}}""", "response_format")]
     [InlineData("""{"model":"fake-base","messages":[{"role":"user","content":"x"}],"tool_choice":"required"}""", "tool_choice")]
     [InlineData("""{"model":"b","messages":[{"role":"user","content":"x"}],"adapter_id":"a"}""", "adapter_id")]
