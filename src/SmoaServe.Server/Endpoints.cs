@@ -285,10 +285,9 @@ public static class Endpoints
         List<IReadOnlyDictionary<string, object?>> messages;
         try { messages = Text.Tools.ChatMessages.ForTemplate(request.RawMessages!.Value); }
         catch (Text.Tools.ToolRequestException e) { throw ApiException.BadRequest(e.Message, e.Param); }
-        var variables = new Dictionary<string, object?>(StringComparer.Ordinal);
-        if (request.ToolsJson is { } tools && request.ToolChoice.Mode != Text.Tools.ToolChoiceMode.None) variables["tools"] = tools;
+        var tools = request.ToolChoice.Mode != Text.Tools.ToolChoiceMode.None ? request.ToolsJson : null;
         return PromptTokens.Chat(engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false,
-            render: template => template.Render(messages, addGenerationPrompt: true, variables));
+            render: template => ToolPrompt.Render(template, messages, tools));
     }
 
     /// <summary>response_format as an output grammar; a malformed format or a schema outside the subset is a 400 naming the keyword.</summary>
