@@ -77,40 +77,107 @@ public static class Endpoints
         EnsureLoaded(runner.Status);
         var request = RequestParser.ParseChat(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         var caller = ApiKeyFilter.Caller(http);
-        runner.Adapters.Resolve(caller.Scope, request.Model);
-        var ids = ChatPromptIds(runner.Engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false);
-        var job = runner.CreateJob(NewId("chatcmpl"), request.Model, ids, request.Generation, caller);
+        string model = ResolveModel(runner, request.Choice, caller);
+        var ids = ChatRequestIds(runner.Engine, request);
+        var grammar = request.ToolChoice.ForcesCall ? ToolGrammar(request) : OutputGrammar(runner.Vocabulary, request.ResponseFormat);
+        var job = runner.CreateJob(NewId("chatcmpl"), model, ids, request.Generation, caller, grammar);
+        CheckLogprobsVolume([job], "top_logprobs");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         http.Response.Headers["X-Request-Id"] = job.RequestId;
-        CompletionOutcome? result;
+        int n = job.N;
+        bool parseTools = request.ToolChoice.Mode != Text.Tools.ToolChoiceMode.None;
+        var known = request.Tools.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+        var logprobs = Enumerable.Range(0, n).Select(_ => new List<ChatTokenLogprob>()).ToArray();
+        void AddLogprobs(ChoicePiece p)
+        {
+            if (p.Token is { Logprobs: { } lp } t) logprobs[p.Choice].Add(ChatEntry(runner.Vocabulary, t.Id, lp));
+        }
+        CompletionOutcome[]? results;
         if (!request.Generation.Stream)
         {
-            var text = new System.Text.StringBuilder();
-            result = await runner.RunAsync(job, t => { text.Append(t); return ValueTask.CompletedTask; }, http.RequestAborted);
-            var response = new ChatCompletionResponse(job.RequestId, created, request.Model,
-                [new ChatChoice(0, new AssistantMessage(text.ToString()), result.FinishReason)], result.Usage);
-            await http.Response.WriteAsJsonAsync(response, Json.Options, http.RequestAborted);
+            var texts = Enumerable.Range(0, n).Select(_ => new System.Text.StringBuilder()).ToArray();
+            results = await runner.RunAsync([job], p =>
+            {
+                texts[p.Choice].Append(p.Text);
+                AddLogprobs(p);
+                return ValueTask.CompletedTask;
+            }, http.RequestAborted);
+            var choices = new List<ChatChoice>(n);
+            for (int i = 0; i < n; i++)
+            {
+                string text = texts[i].ToString(), finish = results[i].FinishReason;
+                var message = new AssistantMessage(text);
+                if (parseTools)
+                {
+                    var parsed = Text.Tools.ToolCallParser.Parse(text, known);
+                    var calls = request.ParallelToolCalls ? parsed.Calls : parsed.Calls.Take(1).ToList();
+                    if (calls.Count > 0)
+                    {
+                        message = new AssistantMessage(string.IsNullOrEmpty(parsed.Content) ? null : parsed.Content,
+                            calls.Select(c => new ToolCallDto(c.Id, new FunctionCallDto(c.Name, c.Arguments))).ToList());
+                        if (finish == "stop") finish = "tool_calls";
+                    }
+                }
+                choices.Add(new ChatChoice(i, message, finish, request.Generation.TopLogprobs is null ? null : new ChatLogprobs(logprobs[i])));
+            }
+            await http.Response.WriteAsJsonAsync(new ChatCompletionResponse(job.RequestId, created, model, choices, SumUsage([job], results)), Json.Options, http.RequestAborted);
         }
         else
         {
             var sse = new SseWriter(http);
-            ChatCompletionChunk Chunk(ChatDelta delta, string? finish) =>
-                new(job.RequestId, created, request.Model, [new ChatChunkChoice(0, delta, finish)], null);
-            result = await sse.RunAsync(async () =>
+            var roleSent = new bool[n];
+            var callCounts = new int[n];
+            var parsers = Enumerable.Range(0, n).Select(_ => parseTools ? new Text.Tools.ToolCallStreamParser(known) : null).ToArray();
+            ChatCompletionChunk Chunk(int i, ChatDelta delta, string? finish, ChatLogprobs? lp = null) =>
+                new(job.RequestId, created, model, [new ChatChunkChoice(i, delta, finish, lp)], null);
+            ChatLogprobs? TakeLogprobs(int i)
             {
-                var r = await runner.RunAsync(job, async t =>
+                if (request.Generation.TopLogprobs is null || logprobs[i].Count == 0) return null;
+                var taken = new ChatLogprobs(logprobs[i].ToList());
+                logprobs[i].Clear();
+                return taken;
+            }
+            async ValueTask Emit(int i, IReadOnlyList<Text.Tools.ToolStreamDelta> deltas)
+            {
+                foreach (var d in deltas)
                 {
-                    if (!sse.Started) await sse.WriteAsync(Chunk(new ChatDelta("assistant", ""), null));
-                    await sse.WriteAsync(Chunk(new ChatDelta(null, t), null));
+                    if (d.Call is { } call)
+                    {
+                        if (!request.ParallelToolCalls && callCounts[i] > 0) continue;
+                        await sse.WriteAsync(Chunk(i, new ChatDelta(null, null,
+                            [new ToolCallDeltaDto(callCounts[i]++, call.Id, "function", new FunctionCallDto(call.Name, call.Arguments))]), null));
+                    }
+                    else if (!string.IsNullOrEmpty(d.Content)) await sse.WriteAsync(Chunk(i, new ChatDelta(null, d.Content), null, TakeLogprobs(i)));
+                }
+            }
+            async ValueTask EnsureRole(int i)
+            {
+                if (roleSent[i]) return;
+                roleSent[i] = true;
+                await sse.WriteAsync(Chunk(i, new ChatDelta("assistant", ""), null));
+            }
+            results = await sse.RunAsync(async () =>
+            {
+                var r = await runner.RunAsync([job], async p =>
+                {
+                    await EnsureRole(p.Choice);
+                    AddLogprobs(p);
+                    if (parsers[p.Choice] is { } parser) await Emit(p.Choice, parser.Push(p.Text));
+                    else if (p.Text.Length > 0) await sse.WriteAsync(Chunk(p.Choice, new ChatDelta(null, p.Text), null, TakeLogprobs(p.Choice)));
                 }, http.RequestAborted);
-                if (!sse.Started) await sse.WriteAsync(Chunk(new ChatDelta("assistant", ""), null));
-                await sse.WriteAsync(Chunk(new ChatDelta(null, null), r.FinishReason));
+                for (int i = 0; i < n; i++)
+                {
+                    await EnsureRole(i);
+                    if (parsers[i] is { } parser) await Emit(i, parser.Finish());
+                    string finish = callCounts[i] > 0 && r[i].FinishReason == "stop" ? "tool_calls" : r[i].FinishReason;
+                    await sse.WriteAsync(Chunk(i, new ChatDelta(null, null), finish, TakeLogprobs(i)));
+                }
                 if (request.Generation.IncludeUsage)
-                    await sse.WriteAsync(new ChatCompletionChunk(job.RequestId, created, request.Model, [], r.Usage));
+                    await sse.WriteAsync(new ChatCompletionChunk(job.RequestId, created, model, [], SumUsage([job], r)));
                 return r;
             });
         }
-        Record(log, metrics, "chat", job, result);
+        Record(log, metrics, "chat", [job], results, request.Generation.User);
     }
 
     private static async Task Completions(HttpContext http, CompletionRunner runner, ServerMetrics metrics, ILogger<CompletionRunner> log)
@@ -118,34 +185,174 @@ public static class Endpoints
         EnsureLoaded(runner.Status);
         var request = RequestParser.ParseCompletion(await RequestParser.ReadObjectAsync(http.Request, http.RequestAborted, PromptTokens.LargeBodyCheck(runner.Engine)));
         var caller = ApiKeyFilter.Caller(http);
-        runner.Adapters.Resolve(caller.Scope, request.Model);
-        var ids = request.PromptIds ?? PromptTokens.Encode(runner.Engine, request.PromptText!, addSpecialTokens: true, "prompt");
-        var job = runner.CreateJob(NewId("cmpl"), request.Model, ids, request.Generation, caller);
+        string model = ResolveModel(runner, request.Choice, caller);
+        var grammar = OutputGrammar(runner.Vocabulary, request.ResponseFormat);
+        string requestId = NewId("cmpl");
+        var jobs = new List<CompletionJob>(request.Prompts.Count);
+        var echoes = new List<string>(request.Prompts.Count);
+        foreach (var prompt in request.Prompts)
+        {
+            var ids = prompt.Ids ?? PromptTokens.Encode(runner.Engine, prompt.Text!, addSpecialTokens: true, "prompt");
+            jobs.Add(runner.CreateJob(requestId, model, ids, request.Generation, caller, grammar));
+            echoes.Add(!request.Echo ? "" : prompt.Text ?? runner.Engine.Tokenizer.Decode(prompt.Ids!, skipSpecialTokens: false));
+        }
+        CheckLogprobsVolume(jobs, "logprobs");
+        int n = request.Generation.N, choices = jobs.Count * n;
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        http.Response.Headers["X-Request-Id"] = job.RequestId;
-        CompletionResponse Response(string text, string? finish, Usage? usage) =>
-            new(job.RequestId, created, request.Model, [new CompletionChoice(0, text, finish)], usage);
-        CompletionOutcome? result;
+        http.Response.Headers["X-Request-Id"] = requestId;
+        bool withLogprobs = request.Generation.TopLogprobs is not null;
+        var offsets = new int[choices];
+        CompletionLogprobs? Logprobs(int choice, GeneratedToken? token, int textLength)
+        {
+            if (!withLogprobs || token is not { Logprobs: { } lp } t) return null;
+            var entry = CompletionEntry(runner.Vocabulary, t.Id, lp);
+            var result = new CompletionLogprobs([entry.Token], [entry.Logprob], [entry.Top], [offsets[choice]]);
+            return result;
+        }
+        CompletionOutcome[]? results;
         if (!request.Generation.Stream)
         {
-            var text = new System.Text.StringBuilder();
-            result = await runner.RunAsync(job, t => { text.Append(t); return ValueTask.CompletedTask; }, http.RequestAborted);
-            await http.Response.WriteAsJsonAsync(Response(text.ToString(), result.FinishReason, result.Usage), Json.Options, http.RequestAborted);
+            var texts = Enumerable.Range(0, choices).Select(i => new System.Text.StringBuilder(echoes[i / n])).ToArray();
+            var tokens = Enumerable.Range(0, choices).Select(_ => new List<(string Token, double? Logprob, IReadOnlyDictionary<string, double>? Top, int Offset)>()).ToArray();
+            results = await runner.RunAsync(jobs, p =>
+            {
+                if (withLogprobs && p.Token is { Logprobs: { } lp } t)
+                {
+                    var e = CompletionEntry(runner.Vocabulary, t.Id, lp);
+                    tokens[p.Choice].Add((e.Token, e.Logprob, e.Top, texts[p.Choice].Length));
+                }
+                texts[p.Choice].Append(p.Text);
+                return ValueTask.CompletedTask;
+            }, http.RequestAborted);
+            var list = Enumerable.Range(0, choices).Select(i => new CompletionChoice(i, texts[i].ToString(), results[i].FinishReason,
+                withLogprobs ? new CompletionLogprobs(tokens[i].Select(t => t.Token).ToList(), tokens[i].Select(t => t.Logprob).ToList(),
+                    tokens[i].Select(t => t.Top).ToList(), tokens[i].Select(t => t.Offset).ToList()) : null)).ToList();
+            await http.Response.WriteAsJsonAsync(new CompletionResponse(requestId, created, model, list, SumUsage(jobs, results)), Json.Options, http.RequestAborted);
         }
         else
         {
             var sse = new SseWriter(http);
-            result = await sse.RunAsync(async () =>
+            CompletionResponse Chunk(int i, string text, string? finish, CompletionLogprobs? lp = null) =>
+                new(requestId, created, model, [new CompletionChoice(i, text, finish, lp)], null);
+            var echoed = new bool[choices];
+            async ValueTask Echo(int i)
             {
-                var r = await runner.RunAsync(job, t => sse.WriteAsync(Response(t, null, null)), http.RequestAborted);
-                await sse.WriteAsync(Response("", r.FinishReason, null));
+                if (echoed[i]) return;
+                echoed[i] = true;
+                if (echoes[i / n].Length == 0) return;
+                await sse.WriteAsync(Chunk(i, echoes[i / n], null));
+                offsets[i] += echoes[i / n].Length;
+            }
+            results = await sse.RunAsync(async () =>
+            {
+                var r = await runner.RunAsync(jobs, async p =>
+                {
+                    await Echo(p.Choice);
+                    var lp = Logprobs(p.Choice, p.Token, p.Text.Length);
+                    if (p.Text.Length > 0 || lp is not null) await sse.WriteAsync(Chunk(p.Choice, p.Text, null, lp));
+                    offsets[p.Choice] += p.Text.Length;
+                }, http.RequestAborted);
+                for (int i = 0; i < choices; i++)
+                {
+                    await Echo(i);
+                    await sse.WriteAsync(Chunk(i, "", r[i].FinishReason));
+                }
                 if (request.Generation.IncludeUsage)
-                    await sse.WriteAsync(new CompletionResponse(job.RequestId, created, request.Model, [], r.Usage));
+                    await sse.WriteAsync(new CompletionResponse(requestId, created, model, [], SumUsage(jobs, r)));
                 return r;
             });
         }
-        Record(log, metrics, "completions", job, result);
+        Record(log, metrics, "completions", jobs, results, request.Generation.User);
     }
+
+    /// <summary>
+    /// The name a request runs on: model, or LoRAX's adapter_id (model then absent, the base, or the same name), resolved in
+    /// the caller's namespace (404 when it sees no such model).
+    /// </summary>
+    private static string ResolveModel(CompletionRunner runner, ModelChoice? choice, ApiCaller caller)
+    {
+        if (choice is { AdapterId: { } adapter, Model: { } model } && model != adapter && model != runner.Status.BaseModelId)
+            throw ApiException.BadRequest($"'adapter_id' names '{adapter}' while 'model' names '{model}'; give one, or the base model as 'model'.", "adapter_id");
+        string name = choice!.Name;
+        runner.Adapters.Resolve(caller.Scope, name);
+        return name;
+    }
+
+    /// <summary>The chat prompt: tools, tool calls and tool results go to the template with every message field.</summary>
+    private static IReadOnlyList<int> ChatRequestIds(EngineHost engine, ChatRequest request)
+    {
+        if (!request.UsesTools) return ChatPromptIds(engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false);
+        List<IReadOnlyDictionary<string, object?>> messages;
+        try { messages = Text.Tools.ChatMessages.ForTemplate(request.RawMessages!.Value); }
+        catch (Text.Tools.ToolRequestException e) { throw ApiException.BadRequest(e.Message, e.Param); }
+        var tools = request.ToolChoice.Mode != Text.Tools.ToolChoiceMode.None ? request.ToolsJson : null;
+        return PromptTokens.Chat(engine, request.Messages, addGenerationPrompt: true, addSpecialTokens: false,
+            render: template => ToolPrompt.Render(template, messages, tools));
+    }
+
+    /// <summary>response_format as an output grammar; a malformed format or a schema outside the subset is a 400 naming the keyword.</summary>
+    private static Text.Structured.Grammar? OutputGrammar(OutputVocabulary vocabulary, JsonElement? responseFormat)
+    {
+        if (responseFormat is not { } format) return null;
+        try { return Text.Structured.ResponseFormats.Compile(format, vocabulary.Grammars); }
+        catch (Text.Structured.ResponseFormatException e) { throw ApiException.BadRequest(e.Message, "response_format"); }
+        catch (Text.Structured.UnsupportedSchemaException e)
+        {
+            throw ApiException.BadRequest($"response_format: the JSON Schema keyword '{e.Keyword}' (at {e.SchemaPath}) is not supported: {e.Message}",
+                "response_format", "unsupported_schema_keyword");
+        }
+        catch (ArgumentException e) { throw ApiException.BadRequest("response_format: " + e.Message, "response_format"); }
+    }
+
+    /// <summary>The grammar of a forced tool call (tool_choice required or named): the arguments follow the function's schema.</summary>
+    private static Text.Structured.Grammar ToolGrammar(ChatRequest request)
+    {
+        try { return Text.Tools.ToolCallGrammar.Build(request.Tools, request.ToolChoice); }
+        catch (Text.Structured.UnsupportedSchemaException e)
+        {
+            throw ApiException.BadRequest($"tools: the JSON Schema keyword '{e.Keyword}' (at {e.SchemaPath}) is not supported: {e.Message}", "tools",
+                "unsupported_schema_keyword");
+        }
+        catch (ArgumentException e) { throw ApiException.BadRequest("tools: " + e.Message, "tools"); }
+    }
+
+    /// <summary>Most logprob entries (choices × tokens × (alternatives + 1)) one response may carry.</summary>
+    public const long MaxLogprobEntries = 500_000;
+
+    /// <summary>A response with logprobs is bounded: n × max tokens × alternatives could otherwise ask for gigabytes of JSON.</summary>
+    private static void CheckLogprobsVolume(IReadOnlyList<CompletionJob> jobs, string param)
+    {
+        long entries = jobs.Sum(j => j.Sampling.TopLogprobs is int top ? (long)j.N * j.Sampling.MaxTokens * (top + 1) : 0);
+        if (entries > MaxLogprobEntries)
+            throw ApiException.BadRequest($"This request could return {entries} logprob entries (choices × max tokens × (top_logprobs + 1)); " +
+                $"at most {MaxLogprobEntries}. Lower n, max_tokens or top_logprobs.", param);
+    }
+
+    /// <summary>−∞ (a masked id) as vLLM writes it: JSON has no infinity.</summary>
+    private static double Finite(double logprob) => double.IsNegativeInfinity(logprob) || double.IsNaN(logprob) ? -9999.0 : logprob;
+
+    private static ChatTokenLogprob ChatEntry(OutputVocabulary vocabulary, int id, Engine.Generation.PositionLogprobs lp)
+    {
+        var (text, bytes) = vocabulary.Token(id);
+        var top = lp.Top.Select(a =>
+        {
+            var (t, b) = vocabulary.Token(a.TokenId);
+            return new ChatTopLogprob(t, Finite(a.Logprob), b.Select(x => (int)x).ToList());
+        }).ToList();
+        return new ChatTokenLogprob(text, Finite(lp.Chosen.Logprob), bytes.Select(x => (int)x).ToList(), top);
+    }
+
+    private static (string Token, double? Logprob, IReadOnlyDictionary<string, double> Top) CompletionEntry(OutputVocabulary vocabulary, int id,
+        Engine.Generation.PositionLogprobs lp)
+    {
+        var top = new Dictionary<string, double>(StringComparer.Ordinal);
+        foreach (var a in lp.Top) top.TryAdd(vocabulary.Token(a.TokenId).Text, Finite(a.Logprob));
+        return (vocabulary.Token(id).Text, Finite(lp.Chosen.Logprob), top);
+    }
+
+    /// <summary>Each prompt counted once, every choice's tokens counted.</summary>
+    private static Usage SumUsage(IReadOnlyList<CompletionJob> jobs, IReadOnlyList<CompletionOutcome> results) =>
+        new(jobs.Sum(j => j.PromptIds.Count), results.Sum(r => r.CompletionTokens));
 
     private static async Task<IResult> Tokenize(HttpContext http, ServerStatus status, EngineHost engine, AdapterService adapters)
     {
@@ -183,17 +390,21 @@ public static class Endpoints
         if (!status.IsLoaded) throw ApiException.Unavailable("The model is still loading.");
     }
 
-    private static void Record(ILogger log, ServerMetrics metrics, string endpoint, CompletionJob job, CompletionOutcome? r)
+    private static void Record(ILogger log, ServerMetrics metrics, string endpoint, IReadOnlyList<CompletionJob> jobs, CompletionOutcome[]? results, string? user)
     {
-        if (r is null)
+        var job = jobs[0];
+        if (results is null)
         {
             log.LogWarning("Generation {RequestId} {Endpoint} model={Model} ended with an error after streaming started", job.RequestId, endpoint, job.Model);
             return;
         }
-        metrics.OnGeneration(endpoint, job.Model, r.PromptTokens, r.CompletionTokens, r.Latency);
-        metrics.Routing.OnGeneration(job.Caller?.MetricsLabel ?? "_admin", endpoint, r.PromptTokens, r.CompletionTokens);
-        log.LogInformation("Generation {RequestId} {Endpoint} model={Model} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} finish={FinishReason} latency_ms={LatencyMs:F1}",
-            job.RequestId, endpoint, job.Model, r.PromptTokens, r.CompletionTokens, r.FinishReason, r.Latency.TotalMilliseconds);
+        var usage = SumUsage(jobs, results);
+        var latency = results.Max(r => r.Latency);
+        metrics.OnGeneration(endpoint, job.Model, usage.PromptTokens, usage.CompletionTokens, latency);
+        metrics.Routing.OnGeneration(job.Caller?.MetricsLabel ?? "_admin", endpoint, usage.PromptTokens, usage.CompletionTokens);
+        log.LogInformation("Generation {RequestId} {Endpoint} model={Model} user={User} choices={Choices} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} finish={FinishReason} latency_ms={LatencyMs:F1}",
+            job.RequestId, endpoint, job.Model, user, results.Length, usage.PromptTokens, usage.CompletionTokens, string.Join(",", results.Select(r => r.FinishReason).Distinct()),
+            latency.TotalMilliseconds);
     }
 
     private static string NewId(string prefix) => $"{prefix}-{Guid.NewGuid():N}";
@@ -204,15 +415,24 @@ public sealed class SseWriter(HttpContext http)
 {
     public bool Started { get; private set; }
 
+    private readonly SemaphoreSlim _lock = new(1, 1);
+
+    /// <summary>Writes one event; the choices of one request write from several tasks, one event at a time.</summary>
     public async ValueTask WriteAsync<T>(T chunk)
     {
-        await StartAsync();
-        await http.Response.WriteAsync("data: " + JsonSerializer.Serialize(chunk, Json.Options) + "\n\n", http.RequestAborted);
-        await http.Response.Body.FlushAsync(http.RequestAborted);
+        string data = "data: " + JsonSerializer.Serialize(chunk, Json.Options) + "\n\n";
+        await _lock.WaitAsync(http.RequestAborted);
+        try
+        {
+            await StartAsync();
+            await http.Response.WriteAsync(data, http.RequestAborted);
+            await http.Response.Body.FlushAsync(http.RequestAborted);
+        }
+        finally { _lock.Release(); }
     }
 
     /// <summary>Runs the stream; an ApiException before the first chunk is left to the error middleware (proper status).</summary>
-    public async Task<CompletionOutcome?> RunAsync(Func<Task<CompletionOutcome>> body)
+    public async Task<T?> RunAsync<T>(Func<Task<T>> body) where T : class
     {
         try
         {

@@ -23,7 +23,9 @@ public static class PromptTokens
 
     /// <summary>The chat template rendered, then tokenized within the budget; contents that alone exceed it are refused unrendered
     /// (every template includes each message's content).</summary>
-    public static IReadOnlyList<int> Chat(EngineHost engine, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool addSpecialTokens, int? budget = null)
+    /// <param name="render">renders the template another way (e.g. with tools and every message field); default: roles and contents</param>
+    public static IReadOnlyList<int> Chat(EngineHost engine, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool addSpecialTokens, int? budget = null,
+        Func<IChatTemplate, string>? render = null)
     {
         int limit = budget ?? Budget(engine);
         long chars = messages.Sum(m => (long)m.Content.Length);
@@ -40,7 +42,7 @@ public static class PromptTokens
         }
         var template = engine.ChatTemplate ?? throw ApiException.BadRequest("This model has no chat template; use /v1/completions.", "messages");
         string text;
-        try { text = template.Render(messages, addGenerationPrompt); }
+        try { text = render is null ? template.Render(messages, addGenerationPrompt) : render(template); }
         catch (Exception e) when (e is not ApiException) { throw ApiException.BadRequest("The chat template failed on these messages: " + e.Message, "messages"); }
         return Encode(engine, text, addSpecialTokens, "messages", limit);
     }

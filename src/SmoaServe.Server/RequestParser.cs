@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SmoaServe.Text;
+using SmoaServe.Text.Tools;
 
 namespace SmoaServe.Server;
 
@@ -7,12 +8,57 @@ namespace SmoaServe.Server;
 /// <param name="TopK">vLLM extension; 0 (or -1 in the request) = off.</param>
 /// <param name="IgnoreEos">vLLM extension: keep generating past EOS (benchmarks).</param>
 public sealed record GenerationFields(int? MaxTokens, float Temperature, float TopP, long? Seed, IReadOnlyList<string> Stop, bool Stream, bool IncludeUsage,
-    int TopK = 0, bool IgnoreEos = false);
+    int TopK = 0, bool IgnoreEos = false)
+{
+    /// <summary>Choices per prompt.</summary>
+    public int N { get; init; } = 1;
+    public double MinP { get; init; }
+    public float PresencePenalty { get; init; }
+    public float FrequencyPenalty { get; init; }
+    public float RepetitionPenalty { get; init; } = 1f;
+    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
+    /// <summary>Token ids that end a choice like EOS (stop given as token ids, or vLLM's stop_token_ids).</summary>
+    public IReadOnlyList<int> StopTokenIds { get; init; } = [];
+    /// <summary>Alternatives per generated token when logprobs are requested; null = no logprobs.</summary>
+    public int? TopLogprobs { get; init; }
+    /// <summary>The end user the caller names (OpenAI's user / safety_identifier): logged with the request.</summary>
+    public string? User { get; init; }
+}
 
-public sealed record ChatRequest(string Model, IReadOnlyList<ChatMessage> Messages, GenerationFields Generation);
+/// <summary>The model a request names: <see cref="Model"/>, or LoRAX's adapter_id (then model is absent or the base).</summary>
+public sealed record ModelChoice(string? Model, string? AdapterId)
+{
+    /// <summary>What the request runs on, as the caller named it.</summary>
+    public string Name => AdapterId ?? Model!;
+}
 
-/// <summary>Exactly one of <see cref="PromptText"/> / <see cref="PromptIds"/> is set.</summary>
-public sealed record CompletionRequest(string Model, string? PromptText, IReadOnlyList<int>? PromptIds, GenerationFields Generation);
+/// <summary>A chat request; <see cref="RawMessages"/> (valid while the request runs) feeds templates that render tool calls.</summary>
+public sealed record ChatRequest(string Model, IReadOnlyList<ChatMessage> Messages, GenerationFields Generation)
+{
+    public ModelChoice? Choice { get; init; }
+    public JsonElement? RawMessages { get; init; }
+    /// <summary>The tools array as given (passed to the chat template) and its functions.</summary>
+    public JsonElement? ToolsJson { get; init; }
+    public IReadOnlyList<ToolFunction> Tools { get; init; } = [];
+    public ToolChoice ToolChoice { get; init; } = ToolChoice.None;
+    public bool ParallelToolCalls { get; init; } = true;
+    public JsonElement? ResponseFormat { get; init; }
+    /// <summary>Messages carry tool calls or tool results, or tools are given: rendered with every field.</summary>
+    public bool UsesTools => Tools.Count > 0 || HasToolMessages;
+    public bool HasToolMessages { get; init; }
+}
+
+/// <summary>One prompt of a completions request: exactly one of <see cref="Text"/> / <see cref="Ids"/> is set.</summary>
+public sealed record PromptInput(string? Text, IReadOnlyList<int>? Ids);
+
+/// <summary>Exactly one of <see cref="PromptText"/> / <see cref="PromptIds"/> is set (the first prompt; <see cref="Prompts"/> holds all).</summary>
+public sealed record CompletionRequest(string Model, string? PromptText, IReadOnlyList<int>? PromptIds, GenerationFields Generation)
+{
+    public ModelChoice? Choice { get; init; }
+    public IReadOnlyList<PromptInput> Prompts { get; init; } = [new(PromptText, PromptIds)];
+    public bool Echo { get; init; }
+    public JsonElement? ResponseFormat { get; init; }
+}
 
 public sealed record TokenizeRequest(string? Model, string? Prompt, IReadOnlyList<ChatMessage>? Messages, bool AddGenerationPrompt, bool AddSpecialTokens);
 
@@ -80,27 +126,127 @@ public static class RequestParser
                 throw ApiException.BadRequest($"The request body holds more than {MaxJsonTokens} JSON values; no request needs that many.");
     }
 
+    /// <summary>Fields of both endpoints that are honoured (see docs/openai-api.md).</summary>
+    private static readonly string[] CommonFields =
+    [
+        "model", "adapter_id", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n", "stop", "stop_token_ids", "stream",
+        "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs", "user", "ignore_eos",
+        "response_format", "best_of", "service_tier", "store", "safety_identifier",
+    ];
+
+    private static readonly HashSet<string> ChatFields = new(CommonFields.Concat(
+        ["messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "modalities"]), StringComparer.Ordinal);
+
+    private static readonly HashSet<string> CompletionFields = new(CommonFields.Concat(["prompt", "echo", "suffix"]), StringComparer.Ordinal);
+
+    /// <summary>OpenAI fields that change what the model does and that this server cannot do: each is a 400 naming it.</summary>
+    private static readonly Dictionary<string, string> Unsupported = new(StringComparer.Ordinal)
+    {
+        ["functions"] = "'functions' (deprecated) is not supported; use 'tools'.",
+        ["function_call"] = "'function_call' (deprecated) is not supported; use 'tool_choice'.",
+        ["audio"] = "'audio' is not supported: this model outputs text only.",
+        ["prediction"] = "'prediction' (predicted outputs) is not supported.",
+        ["reasoning_effort"] = "'reasoning_effort' is not supported: this model does not reason before answering.",
+        ["verbosity"] = "'verbosity' is not supported.",
+        ["web_search_options"] = "'web_search_options' is not supported: the server has no web search.",
+        ["metadata"] = "'metadata' is not supported: completions are not stored.",
+        ["prompt_cache_key"] = "'prompt_cache_key' is not supported.",
+        ["suffix"] = "'suffix' (insertion) is not supported.",
+    };
+
+    /// <summary>Every field must be honoured or refused: unknown and unsupported ones are a 400 naming them (as OpenAI answers unknown ones).</summary>
+    private static void CheckFields(JsonElement body, HashSet<string> known)
+    {
+        foreach (var p in body.EnumerateObject())
+        {
+            if (p.Value.ValueKind == JsonValueKind.Null) continue;
+            if (Unsupported.TryGetValue(p.Name, out var why)) throw ApiException.BadRequest(why, p.Name);
+            if (!known.Contains(p.Name))
+                throw ApiException.BadRequest($"Unrecognized request argument supplied: {(p.Name.Length > 64 ? p.Name[..64] + "…" : p.Name)}", p.Name.Length > 64 ? null : p.Name);
+        }
+    }
+
+    /// <summary>model, or LoRAX's adapter_id with model absent or naming the base (checked by the endpoint).</summary>
+    private static ModelChoice ParseModel(Fields f)
+    {
+        string? model = f.OptionalString("model");
+        string? adapter = f.OptionalString("adapter_id");
+        if (adapter is { Length: 0 }) throw ApiException.BadRequest("'adapter_id' must not be empty.", "adapter_id");
+        if (model is null && adapter is null) throw ApiException.BadRequest("'model' is required.", "model");
+        return new ModelChoice(model, adapter);
+    }
+
     public static ChatRequest ParseChat(JsonElement body)
     {
+        CheckFields(body, ChatFields);
         var f = new Fields(body);
-        string model = f.RequiredString("model");
+        var choice = ParseModel(f);
         var messages = ParseMessages(f, "messages", required: true)!;
         if (messages.Count == 0) throw ApiException.BadRequest("'messages' must not be empty.", "messages");
         int? maxTokens = f.OptionalInt("max_completion_tokens") ?? f.OptionalInt("max_tokens");
         string? maxName = f.Has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-        return new ChatRequest(model, messages, ParseGeneration(f, maxTokens, maxName));
+        var generation = ParseGeneration(f, maxTokens, maxName);
+        // chat logprobs: a boolean, and top_logprobs alternatives (0..20) only with it
+        bool logprobs = f.OptionalBool("logprobs") ?? false;
+        int? top = f.OptionalInt("top_logprobs");
+        if (top is < 0 or > 20) throw ApiException.BadRequest($"'top_logprobs' must be in [0, 20], got {top}.", "top_logprobs");
+        if (top is not null && !logprobs) throw ApiException.BadRequest("'top_logprobs' needs 'logprobs': true.", "top_logprobs");
+        generation = generation with { TopLogprobs = logprobs ? top ?? 0 : null };
+        if (f.Get("modalities") is { } modalities
+            && (modalities.ValueKind != JsonValueKind.Array || modalities.EnumerateArray().Any(m => m.ValueKind != JsonValueKind.String || m.GetString() != "text")))
+            throw ApiException.BadRequest("'modalities' may only be [\"text\"]: this model outputs text only.", "modalities");
+
+        IReadOnlyList<ToolFunction> tools;
+        ToolChoice toolChoice;
+        try
+        {
+            tools = f.Get("tools") is { } t ? ToolDefinitions.Parse(t) : [];
+            toolChoice = ToolDefinitions.ParseChoice(f.Get("tool_choice"), tools);
+        }
+        catch (ToolRequestException e) { throw ApiException.BadRequest(e.Message, e.Param); }
+        bool hasToolMessages = f.Get("messages") is { } raw && raw.EnumerateArray().Any(m =>
+            m.ValueKind == JsonValueKind.Object && (m.TryGetProperty("tool_calls", out var c) && c.ValueKind != JsonValueKind.Null
+                || m.TryGetProperty("role", out var r) && r.ValueKind == JsonValueKind.String && r.GetString() == "tool"));
+        var responseFormat = f.Get("response_format");
+        if (responseFormat is not null && toolChoice.ForcesCall && !IsTextFormat(responseFormat.Value))
+            throw ApiException.BadRequest("'response_format' cannot constrain the output while 'tool_choice' forces a tool call.", "response_format");
+        return new ChatRequest(choice.Name, messages, generation)
+        {
+            Choice = choice, RawMessages = f.Get("messages"), ToolsJson = tools.Count > 0 ? f.Get("tools") : null, Tools = tools, ToolChoice = toolChoice,
+            ParallelToolCalls = f.OptionalBool("parallel_tool_calls") ?? true, ResponseFormat = responseFormat, HasToolMessages = hasToolMessages,
+        };
     }
+
+    private static bool IsTextFormat(JsonElement format) =>
+        format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text";
+
+    /// <summary>Prompts per completions request (× n choices each) are bounded so one request cannot fill the queue.</summary>
+    public const int MaxPrompts = 64;
 
     public static CompletionRequest ParseCompletion(JsonElement body)
     {
+        CheckFields(body, CompletionFields);
         var f = new Fields(body);
-        string model = f.RequiredString("model");
-        var (text, ids) = ParsePrompt(f);
+        var choice = ParseModel(f);
+        var prompts = ParsePrompts(f);
         int maxTokens = f.OptionalInt("max_tokens") ?? 16; // the OpenAI / vLLM default for legacy completions
-        if (f.OptionalBool("echo") == true) throw ApiException.BadRequest("'echo' is not supported.", "echo");
-        if (f.Has("suffix")) throw ApiException.BadRequest("'suffix' is not supported.", "suffix");
-        return new CompletionRequest(model, text, ids, ParseGeneration(f, maxTokens, "max_tokens"));
+        bool echo = f.OptionalBool("echo") ?? false;
+        var generation = ParseGeneration(f, maxTokens, "max_tokens");
+        // legacy logprobs: an integer, the number of alternatives (OpenAI allows 0..5; vLLM up to 20)
+        int? logprobs = f.OptionalInt("logprobs");
+        if (logprobs is < 0 or > 20) throw ApiException.BadRequest($"'logprobs' must be in [0, 20], got {logprobs}.", "logprobs");
+        if (logprobs is not null && echo)
+            throw ApiException.BadRequest("'echo' with 'logprobs' is not supported (prompt logprobs are not computed).", "echo");
+        if ((long)prompts.Count * generation.N > MaxChoices)
+            throw ApiException.BadRequest($"{prompts.Count} prompts × n={generation.N} is more than {MaxChoices} choices in one request.", "n");
+        return new CompletionRequest(choice.Name, prompts[0].Text, prompts[0].Ids, generation with { TopLogprobs = logprobs })
+        {
+            Choice = choice, Prompts = prompts, Echo = echo, ResponseFormat = f.Get("response_format"),
+        };
     }
+
+    /// <summary>Most choices (prompts × n) one request may ask for.</summary>
+    public const int MaxChoices = 128;
 
     public static TokenizeRequest ParseTokenize(JsonElement body)
     {
@@ -132,10 +278,24 @@ public static class RequestParser
         int topK = f.OptionalInt("top_k") ?? 0;
         if (topK < -1) throw ApiException.BadRequest($"'top_k' must be -1 (off) or >= 0, got {topK}.", "top_k");
         int n = f.OptionalInt("n") ?? 1;
-        if (n != 1) throw ApiException.BadRequest($"Only n=1 is supported, got {n}.", "n");
-        if (f.OptionalBool("logprobs") == true || f.Get("logprobs") is { ValueKind: JsonValueKind.Number })
-            throw ApiException.BadRequest("'logprobs' is not supported.", "logprobs");
-        var stop = ParseStop(f);
+        if (n is < 1 or > MaxChoices) throw ApiException.BadRequest($"'n' must be in [1, {MaxChoices}], got {n}.", "n");
+        // best_of: the best of several by logprob is not done; equal to n it means n
+        if (f.OptionalInt("best_of") is int bestOf && bestOf != n)
+            throw ApiException.BadRequest($"'best_of' other than n is not supported (got best_of={bestOf}, n={n}).", "best_of");
+        double minP = f.OptionalDouble("min_p") ?? 0;
+        if (minP is < 0 or > 1) throw ApiException.BadRequest($"'min_p' must be in [0, 1], got {minP}.", "min_p");
+        float presence = Penalty(f, "presence_penalty"), frequency = Penalty(f, "frequency_penalty");
+        double repetition = f.OptionalDouble("repetition_penalty") ?? 1;
+        if (repetition is <= 0 or > 100) throw ApiException.BadRequest($"'repetition_penalty' must be in (0, 100], got {repetition}.", "repetition_penalty");
+        var bias = ParseLogitBias(f);
+        var (stop, stopIds) = ParseStop(f);
+        if (f.Get("stop_token_ids") is { } sti) stopIds = [.. stopIds, .. ParseIds(sti, "stop_token_ids")];
+        if (stopIds.Count > 64) throw ApiException.BadRequest("At most 64 stop token ids.", "stop_token_ids");
+        string? user = f.OptionalString("user") ?? f.OptionalString("safety_identifier");
+        if (user is { Length: > 256 }) throw ApiException.BadRequest("'user' may be at most 256 characters.", "user");
+        if (f.OptionalString("service_tier") is { } tier && tier is not ("auto" or "default"))
+            throw ApiException.BadRequest($"'service_tier' '{tier}' is not supported (auto, default).", "service_tier");
+        if (f.OptionalBool("store") == true) throw ApiException.BadRequest("'store' is not supported: completions are not stored.", "store");
         bool stream = f.OptionalBool("stream") ?? false;
         bool includeUsage = false;
         if (f.Get("stream_options") is { } so)
@@ -144,42 +304,81 @@ public static class RequestParser
             includeUsage = new Fields(so, "stream_options.").OptionalBool("include_usage") ?? false;
         }
         bool ignoreEos = f.OptionalBool("ignore_eos") ?? false;
-        return new GenerationFields(maxTokens, (float)temperature, (float)topP, seed, stop, stream, includeUsage, Math.Max(topK, 0), ignoreEos);
+        return new GenerationFields(maxTokens, (float)temperature, (float)topP, seed, stop, stream, includeUsage, Math.Max(topK, 0), ignoreEos)
+        {
+            N = n, MinP = minP, PresencePenalty = presence, FrequencyPenalty = frequency, RepetitionPenalty = (float)repetition, LogitBias = bias,
+            StopTokenIds = stopIds, User = user,
+        };
     }
 
-    private static IReadOnlyList<string> ParseStop(Fields f)
+    private static float Penalty(Fields f, string name)
     {
+        double v = f.OptionalDouble(name) ?? 0;
+        if (v is < -2 or > 2) throw ApiException.BadRequest($"'{name}' must be in [-2, 2], got {v}.", name);
+        return (float)v;
+    }
+
+    /// <summary>{"token id": bias in [-100, 100]}; ids are checked against the vocabulary when the job is made.</summary>
+    private static Dictionary<int, float> ParseLogitBias(Fields f)
+    {
+        var result = new Dictionary<int, float>();
+        if (f.Get("logit_bias") is not { } lb) return result;
+        if (lb.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("'logit_bias' must be an object of token id → bias.", "logit_bias");
+        foreach (var p in lb.EnumerateObject())
+        {
+            if (result.Count >= 1024) throw ApiException.BadRequest("'logit_bias' may hold at most 1024 entries.", "logit_bias");
+            if (!int.TryParse(p.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                throw ApiException.BadRequest("'logit_bias' keys must be token ids (non-negative integers as strings).", "logit_bias");
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetDouble(out double b) || !double.IsFinite(b) || b is < -100 or > 100)
+                throw ApiException.BadRequest($"'logit_bias' values must be numbers in [-100, 100] (token {id}).", "logit_bias");
+            result[id] = (float)b;
+        }
+        return result;
+    }
+
+    /// <summary>A string, a list of strings, or a list of token ids (ending a choice like EOS).</summary>
+    private static (IReadOnlyList<string> Strings, IReadOnlyList<int> Ids) ParseStop(Fields f)
+    {
+        const string Shape = "'stop' must be a string, a list of strings or a list of token ids.";
         switch (f.Get("stop"))
         {
-            case null: return [];
-            case { ValueKind: JsonValueKind.String } s: return StringOf(s, "stop") is { Length: > 0 } one ? [one] : [];
+            case null: return ([], []);
+            case { ValueKind: JsonValueKind.String } s: return (StringOf(s, "stop") is { Length: > 0 } one ? [one] : [], []);
             case { ValueKind: JsonValueKind.Array } a:
+                if (a.GetArrayLength() > 0 && a[0].ValueKind == JsonValueKind.Number) return ([], ParseIds(a, "stop"));
                 var list = new List<string>();
                 foreach (var item in a.EnumerateArray())
                 {
-                    if (item.ValueKind != JsonValueKind.String) throw ApiException.BadRequest("'stop' must be a string or a list of strings.", "stop");
+                    if (item.ValueKind != JsonValueKind.String) throw ApiException.BadRequest(Shape, "stop");
                     if (StringOf(item, "stop") is { Length: > 0 } s) list.Add(s);
                 }
                 if (list.Count > 16) throw ApiException.BadRequest("'stop' may hold at most 16 strings.", "stop");
-                return list;
-            default: throw ApiException.BadRequest("'stop' must be a string or a list of strings.", "stop");
+                return (list, []);
+            default: throw ApiException.BadRequest(Shape, "stop");
         }
     }
 
-    /// <summary>A string, a list of token ids, or a one-element list of either (batches are not supported).</summary>
-    private static (string? Text, IReadOnlyList<int>? Ids) ParsePrompt(Fields f)
+    /// <summary>A string, a list of token ids, or a list of strings / token-id lists (several prompts).</summary>
+    private static List<PromptInput> ParsePrompts(Fields f)
     {
         var p = f.Get("prompt") ?? throw ApiException.BadRequest("'prompt' is required.", "prompt");
-        if (p.ValueKind == JsonValueKind.String) return (StringOf(p, "prompt"), null);
+        if (p.ValueKind == JsonValueKind.String) return [new(StringOf(p, "prompt"), null)];
         if (p.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("'prompt' must be a string or a list of token ids.", "prompt");
         int count = p.GetArrayLength();
         if (count > 0 && p[0].ValueKind is JsonValueKind.String or JsonValueKind.Array)
         {
-            if (count != 1) throw ApiException.BadRequest("Only one prompt per request is supported.", "prompt");
-            var inner = p[0];
-            return inner.ValueKind == JsonValueKind.String ? (StringOf(inner, "prompt"), null) : (null, ParseIds(inner, "prompt"));
+            if (count > MaxPrompts) throw ApiException.BadRequest($"At most {MaxPrompts} prompts per request, got {count}.", "prompt");
+            var list = new List<PromptInput>(count);
+            foreach (var inner in p.EnumerateArray())
+                list.Add(inner.ValueKind switch
+                {
+                    JsonValueKind.String => new(StringOf(inner, "prompt"), null),
+                    JsonValueKind.Array => new(null, ParseIds(inner, "prompt")),
+                    _ => throw ApiException.BadRequest("'prompt' lists must hold only strings or only token-id lists.", "prompt"),
+                });
+            return list;
         }
-        return (null, ParseIds(p, "prompt"));
+        return [new(null, ParseIds(p, "prompt"))];
     }
 
     private static List<int> ParseIds(JsonElement array, string param)

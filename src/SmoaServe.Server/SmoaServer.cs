@@ -76,6 +76,7 @@ public static class SmoaServer
         services.AddSingleton<TenantLimiter>();
         services.AddSingleton<IApiKeyValidator>(sp => sp.GetRequiredService<IOptions<ServerOptions>>().Value is var o && o.AllowAnonymous
             ? new AnonymousValidator() : new TenantKeyValidator(new AdminKeyValidator(o.ResolveAdminKey()), sp.GetRequiredService<TenantService>()));
+        services.AddSingleton<OutputVocabulary>();
         services.AddSingleton<CompletionRunner>();
         services.AddHostedService<EngineService>();
         services.AddSingleton<AdapterDirectoryWatcher>();

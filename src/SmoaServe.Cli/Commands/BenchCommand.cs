@@ -18,7 +18,7 @@ namespace SmoaServe.Cli.Commands;
 public sealed class BenchCommand : ICommand
 {
     public string Name => "bench";
-    public string Summary => "benchmarks: decode (base vs mixed adapters vs merge-and-swap), serve (HTTP load), hostile (attacks)";
+    public string Summary => "benchmarks: decode (base vs mixed adapters vs merge-and-swap), serve (HTTP load), hostile (attacks), structured (constrained decoding)";
     public string Usage => $"""
         usage: smoa bench decode (--model DIR | --synthetic {SyntheticLlama.SpecHelp})
                  --adapter-kind smoa|lora --r R --num-blocks K --target-modules a,b,... --adapters N --batch B --steps S
@@ -43,6 +43,7 @@ public sealed class BenchCommand : ICommand
 
         {TrainBench.Usage}
         {Hostile.HostileBench.Usage}
+        {StructuredOutputBench.Usage}
         """;
 
     private static readonly string[] Options =
@@ -54,6 +55,7 @@ public sealed class BenchCommand : ICommand
         if (args.Length > 0 && args[0] == "serve") return ServeBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "train") return TrainBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "hostile") return Hostile.HostileBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "structured") return StructuredOutputBench.Run(args[1..]);
         var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
         if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode|serve|train|hostile ...");
         var s = Settings.From(a);

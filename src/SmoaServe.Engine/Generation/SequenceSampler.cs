@@ -40,15 +40,23 @@ public sealed class SequenceSampler
     /// <summary>The next id for this row; <paramref name="logits"/> (the model's scores) are left unchanged.</summary>
     public SampledToken Next(ReadOnlySpan<float> logits)
     {
-        if (_scratch.Length != logits.Length) _scratch = new float[logits.Length];
-        var work = _scratch.AsSpan();
-        logits.CopyTo(work);
-        Process(work);
+        ReadOnlySpan<float> work = logits;
+        if (EditsLogits)
+        {
+            if (_scratch.Length != logits.Length) _scratch = new float[logits.Length];
+            logits.CopyTo(_scratch);
+            Process(_scratch);
+            work = _scratch;
+        }
         var id = _p.Temperature <= 0 ? Sampler.ArgMax(work) : _sampler.Sample(work, CounterRng.Uniform(RowSeed, (ulong)Step));
         var lp = _p.TopLogprobs is int top ? TokenLogprobs.At(logits, id, top) : null;
         Record(id);
         return new SampledToken(id, lp);
     }
+
+    /// <summary>Whether any edit applies (otherwise the model's row is sampled as it is, without a copy).</summary>
+    bool EditsLogits => Grammar is not null || _p.LogitBias.Count > 0 || _p.RepetitionPenalty != 1f || _p.PresencePenalty != 0f
+                        || _p.FrequencyPenalty != 0f || (_p.MinP > 0 && _p.Temperature > 0);
 
     /// <summary>The logits edits in order (mask, bias, repetition, presence/frequency, min_p), in place.</summary>
     public void Process(Span<float> logits)

@@ -194,6 +194,7 @@ public sealed class EngineHost : IDisposable
         public float[][] PrefillBatch(IReadOnlyList<PrefillRow> rows) => _inner.PrefillBatch(rows);
         public float[][] Decode(IReadOnlyList<DecodeRow> rows) => _inner.Decode(rows);
         public void FreeSlot(int slot) => _inner.FreeSlot(slot);
+        public bool CopySlotPrefix(int source, int target, int length) => _inner.CopySlotPrefix(source, target, length);
         public void Dispose() => backend.Dispose();
     }
 }

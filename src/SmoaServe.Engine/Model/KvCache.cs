@@ -53,6 +53,18 @@ public sealed class KvCache : IDisposable
         foreach (var store in _k.Concat(_v)) store.narrow(0, slot, 1).narrow(2, 0, length).zero_();
     }
 
+    /// <summary>Copies positions 0..length-1 of slot <paramref name="source"/> into slot <paramref name="target"/> in every layer.</summary>
+    public void CopyPrefix(int source, int target, int length)
+    {
+        if (source < 0 || source >= Slots) throw new ArgumentOutOfRangeException(nameof(source), $"slot {source} of {Slots}");
+        if (target < 0 || target >= Slots) throw new ArgumentOutOfRangeException(nameof(target), $"slot {target} of {Slots}");
+        if (length <= 0 || length > MaxSequenceLength) throw new ArgumentOutOfRangeException(nameof(length), $"length {length} of {MaxSequenceLength}");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        foreach (var store in _k.Concat(_v))
+            store.narrow(0, target, 1).narrow(2, 0, length).copy_(store.narrow(0, source, 1).narrow(2, 0, length));
+    }
+
     /// <summary>Bytes held by the cache.</summary>
     public long Bytes => _k.Sum(t => t.NumberOfElements * t.ElementSize) * 2;
 

@@ -39,4 +39,11 @@ public interface IModelRunner : IDisposable
 
     /// <summary>Forgets slot's KV cache so the slot can be reused.</summary>
     void FreeSlot(int slot);
+
+    /// <summary>
+    /// Makes slot <paramref name="target"/> hold the first <paramref name="length"/> positions of slot
+    /// <paramref name="source"/> (a shared prompt prefilled once, e.g. the n choices of one request), as if they had been
+    /// prefilled into it. False when the runner cannot copy; the caller then prefills the target itself.
+    /// </summary>
+    bool CopySlotPrefix(int source, int target, int length) => false;
 }

@@ -206,6 +206,24 @@ public sealed class ModelRunner : IModelRunner
         ClearSlot(slot);
     }
 
+    /// <summary>
+    /// Slot <paramref name="target"/> takes the first <paramref name="length"/> KV positions of <paramref name="source"/>
+    /// (which must hold them); whatever the target held before is cleared first.
+    /// </summary>
+    public bool CopySlotPrefix(int source, int target, int length)
+    {
+        CheckSlot(source);
+        CheckSlot(target);
+        if (source == target) throw new ArgumentException("a slot cannot copy its own prefix");
+        if (length < 1 || length > _lengths[source])
+            throw new ArgumentOutOfRangeException(nameof(length), $"slot {source} holds {_lengths[source]} tokens; cannot copy {length}");
+        ClearSlot(target);
+        MarkWritten(target, length);
+        _cache.CopyPrefix(source, target, length);
+        _lengths[target] = length;
+        return true;
+    }
+
     /// <summary>Zeroes what earlier sequences left in the slot (nothing to do when it is already clean).</summary>
     private void ClearSlot(int slot)
     {

@@ -373,6 +373,7 @@ public sealed class Scheduler : IDisposable
     {
         // rows grouped by adapter: the batch's adapter list then depends only on how many rows use each adapter,
         // so the adapter source's per-batch plans are reused when sequences come and go
+        SharePromptPrefills();
         var decoding = _running.Where(s => s.Prefilled == s.PrefillTarget)
             .OrderBy(s => s.Request.AdapterId ?? "", StringComparer.Ordinal).ThenBy(s => s.Slot).ToList();
         // at least one prefill token per step, so prompts progress even when decode rows fill the budget
@@ -382,6 +383,7 @@ public sealed class Scheduler : IDisposable
         foreach (var seq in _running.Where(s => s.Prefilled < s.PrefillTarget))
         {
             if (budget <= 0) break;
+            if (WaitsForGroupPrefill(seq)) continue;
             int n = Math.Min(Math.Min(seq.PrefillTarget - seq.Prefilled, _options.MaxPrefillChunk), budget);
             chunks.Add((seq, n));
             budget -= n;
@@ -477,7 +479,41 @@ public sealed class Scheduler : IDisposable
     private void Prefilled(Sequence seq, int n, float[] logits)
     {
         seq.Prefilled += n;
-        if (seq.Prefilled == seq.PrefillTarget && !seq.Resumed) Accept(seq, logits);
+        if (seq.Prefilled == seq.PrefillTarget && !seq.Resumed)
+        {
+            if (seq.Request.Group is { } group) { group.Holder = seq; group.PromptLogits = logits; }
+            Accept(seq, logits);
+        }
+    }
+
+    /// <summary>
+    /// Rows of a prompt group that have not started their prompt take it from a row whose slot holds it: its KV entries
+    /// copied into their slot and their first token sampled from the prompt's last logits (as their own prefill would).
+    /// </summary>
+    private void SharePromptPrefills()
+    {
+        foreach (var seq in _running.Where(s => s.Request.Group is not null && s.Prefilled == 0 && !s.Resumed).ToList())
+        {
+            var group = seq.Request.Group!;
+            if (group.Holder is not Sequence holder || holder == seq || group.PromptLogits is null) continue;
+            if (holder.Slot < 0 || holder.Prefilled < seq.PromptLength || !_running.Contains(holder)) continue;
+            bool copied;
+            try { copied = _runner!.CopySlotPrefix(holder.Slot, seq.Slot, seq.PromptLength); }
+            catch (Exception) { copied = false; }
+            if (!copied) continue;
+            seq.Prefilled = seq.PrefillTarget;
+            Interlocked.Increment(ref group._copies);
+            Accept(seq, group.PromptLogits);
+        }
+    }
+
+    /// <summary>A group's row waits while an earlier-admitted row of its group is still prefilling the shared prompt.</summary>
+    private bool WaitsForGroupPrefill(Sequence seq)
+    {
+        if (seq.Request.Group is not { } group || seq.Resumed || seq.Prefilled > 0) return false;
+        foreach (var r in _running)
+            if (r != seq && r.Request.Group == group && !r.Resumed && r.Admission < seq.Admission && r.Prefilled < r.PromptLength) return true;
+        return false;
     }
 
     private void PrefillChunk(Sequence seq, int n)
@@ -506,13 +542,20 @@ public sealed class Scheduler : IDisposable
             return;
         }
         var sampling = seq.Request.Sampling;
-        int token = seq.Sampler.Sample(logits);
+        SampledToken sampled;
+        try { sampled = seq.Sampler.Next(logits); }
+        catch (InvalidOperationException e)
+        {
+            Finish(seq, FinishReason.Error, e.Message);
+            return;
+        }
+        int token = sampled.TokenId;
         seq.Generated++;
         seq.LastToken = token;
         seq.Tokens.Add(token);
         ReportLatency(seq);
-        seq.Stream.Write(GenerationOutput.ForToken(token));
-        if (sampling.StopTokenIds.Contains(token)) Finish(seq, FinishReason.Stop);
+        seq.Stream.Write(GenerationOutput.ForToken(token, sampled.Logprobs));
+        if (sampling.StopTokenIds.Contains(token) || seq.Request.Grammar is { IsTerminated: true }) Finish(seq, FinishReason.Stop);
         else if (seq.Generated >= sampling.MaxTokens || seq.PromptLength + seq.Generated >= MaxSequenceLength) Finish(seq, FinishReason.Length);
     }
 
@@ -601,7 +644,9 @@ public sealed class Scheduler : IDisposable
         public GenerationRequest Request { get; } = request;
         public GenerationStream Stream { get; } = stream;
         public CancellationTokenRegistration Registration { get; set; }
-        public Sampler Sampler { get; } = new(request.Sampling);
+        /// <summary>Penalties, bias, grammar mask and the draw of step t from (seed + choice index, t): independent of the batch.</summary>
+        public SequenceSampler Sampler { get; } = new(request.Sampling, request.PromptIds,
+            CounterRng.RowSeed(request.Sampling.Seed ?? CounterRng.NewSeed(), request.ChoiceIndex), request.Grammar);
         public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
         public long LastTokenAt { get; set; }
         public int PromptLength => Request.PromptIds.Count;

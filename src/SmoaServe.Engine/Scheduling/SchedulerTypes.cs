@@ -1,4 +1,5 @@
 using SmoaServe.Engine.Generation;
+using SmoaServe.Text.Structured;
 
 namespace SmoaServe.Engine.Scheduling;
 
@@ -43,6 +44,26 @@ public sealed class GenerationRequest
     public string? RequestId { get; init; }
     /// <summary>Who the request is for (a tenant id; null = the admin / anonymous): the unit of fair sharing.</summary>
     public string? Owner { get; init; }
+    /// <summary>Which choice of its request this sequence is: it samples with seed + index (<see cref="CounterRng.RowSeed"/>).</summary>
+    public int ChoiceIndex { get; init; }
+    /// <summary>Constrains the output (response_format, forced tool calls); one per sequence. Null: free text.</summary>
+    public GrammarMatcher? Grammar { get; init; }
+    /// <summary>
+    /// Sequences of one group share the same prompt and adapter (the n choices of a request): the prompt is prefilled
+    /// once and its KV entries copied to the other rows' slots. Null: on its own.
+    /// </summary>
+    public PromptGroup? Group { get; init; }
+}
+
+/// <summary>Sequences with one prompt and adapter whose prompt is prefilled once (see <see cref="GenerationRequest.Group"/>).</summary>
+public sealed class PromptGroup
+{
+    /// <summary>Accessed on the model thread only: the sequence whose slot holds the prompt, and the prompt's last logits.</summary>
+    internal object? Holder;
+    internal float[]? PromptLogits;
+    /// <summary>Rows that took the prompt's KV entries by copy instead of prefilling it.</summary>
+    public int Copies => Volatile.Read(ref _copies);
+    internal int _copies;
 }
 
 public enum FinishReason { Stop, Length, Cancelled, Error }
@@ -53,7 +74,9 @@ public enum FinishReason { Stop, Length, Cancelled, Error }
 /// </summary>
 public readonly record struct GenerationOutput(int Token, FinishReason? Finish, int PromptTokens, int CompletionTokens, string? Error)
 {
-    public static GenerationOutput ForToken(int token) => new(token, null, 0, 0, null);
+    /// <summary>The token's log-probability and alternatives, when the sampling asks for them.</summary>
+    public PositionLogprobs? Logprobs { get; init; }
+    public static GenerationOutput ForToken(int token, PositionLogprobs? logprobs = null) => new(token, null, 0, 0, null) { Logprobs = logprobs };
     public bool IsToken => Finish is null;
 }
 
