@@ -43,6 +43,7 @@ public sealed class BenchCommand : ICommand
 
         {TrainBench.Usage}
         {Hostile.HostileBench.Usage}
+        {StepBench.Usage}
         """;
 
     private static readonly string[] Options =
@@ -54,6 +55,8 @@ public sealed class BenchCommand : ICommand
         if (args.Length > 0 && args[0] == "serve") return ServeBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "train") return TrainBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "hostile") return Hostile.HostileBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "bandwidth") return StepBench.RunBandwidth(args[1..]);
+        if (args.Length > 0 && args[0] == "step") return StepBench.RunStep(args[1..]);
         var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
         if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode|serve|train|hostile ...");
         var s = Settings.From(a);

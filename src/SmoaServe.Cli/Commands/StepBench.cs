@@ -1,0 +1,196 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using SmoaServe.Engine.Model;
+using SmoaServe.Engine.Runner;
+using SmoaServe.Engine.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SmoaServe.Cli.Commands;
+
+/// <summary>
+/// `smoa bench bandwidth`: the weight-streaming bandwidth of this machine, measured as a GEMV (F.linear of one row)
+/// over a matrix much larger than the caches, the way a decode step reads its weights.
+/// `smoa bench step`: where the time of one decode step goes (weight GEMVs alone vs the whole step), base model.
+/// </summary>
+public static class StepBench
+{
+    public const string Usage = """
+        usage: smoa bench bandwidth [--mb 400] [--dtype float32|bfloat16] [--threads N] [--seconds 3] [--json]
+          GB/s of weights an F.linear GEMV (one input row) streams from a matrix of --mb megabytes (median of the
+          timed calls); the decode benches report their weight traffic as a share of this figure.
+        usage: smoa bench step --synthetic SPEC [--batch 1] [--steps 32] [--dtype ...] [--weights-dtype ...] [--threads N] [--json]
+          one decode step taken apart: the weight GEMVs alone (the same F.linear calls on the same shapes), the model
+          forward, the runner's decode call (inputs, masks, host copy of the logits), medians over --steps.
+        """;
+
+    /// <summary>Median seconds per GEMV and the GB/s it streams.</summary>
+    public static (double Seconds, double GBps) MeasureBandwidth(long bytes, ScalarType dtype, double seconds = 3)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        long elementSize = dtype == ScalarType.Float32 ? 4 : 2;
+        long cols = 4096, rows = Math.Max(1, bytes / (cols * elementSize));
+        var w = torch.randn([rows, cols], ScalarType.Float32).to_type(dtype);
+        var x = torch.randn([1, cols], ScalarType.Float32).to_type(dtype);
+        for (int i = 0; i < 3; i++) F.linear(x, w).Dispose();
+        var times = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (total.Elapsed.TotalSeconds < seconds || times.Count < 5)
+        {
+            var t = Stopwatch.StartNew();
+            F.linear(x, w).Dispose();
+            times.Add(t.Elapsed.TotalSeconds);
+        }
+        double median = Median(times);
+        return (median, rows * cols * elementSize / median / 1e9);
+    }
+
+    public static int RunBandwidth(string[] args)
+    {
+        if (Environment.GetEnvironmentVariable("SMOA_EXP") == "1") { Experiment(); return 0; }
+        var a = CliArgs.Parse(args, ["mb", "dtype", "threads", "seconds"], ["json"]);
+        int threads = a.GetInt("threads", 0);
+        if (threads < 0 || threads > ModelOptions.MaxThreads) throw new UsageException($"--threads must be between 1 and {ModelOptions.MaxThreads}");
+        TorchRuntime.PreferPassiveOpenMpWait();
+        TorchRuntime.ConfigureThreads(threads);
+        int mb = a.GetInt("mb", 400);
+        if (mb < 1 || mb > 16384) throw new UsageException("--mb must be between 1 and 16384");
+        double seconds = a.GetDouble("seconds", 3);
+        if (!(seconds > 0 && seconds <= 600)) throw new UsageException("--seconds must be in (0, 600]");
+        ScalarType dtype;
+        try { dtype = TorchRuntime.ParseDtype(a.Get("dtype") ?? "float32"); }
+        catch (ArgumentException e) { throw new UsageException("--dtype: " + e.Message); }
+        var (s, gbps) = MeasureBandwidth(mb * 1_000_000L, dtype, seconds);
+        var load = LoadAverage();
+        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"GEMV over {mb} MB of {TorchRuntime.DtypeName(dtype)}: {s * 1000:F2} ms = {gbps:F1} GB/s ({torch.get_num_threads()} threads, load average {load})"));
+        if (a.Flag("json"))
+            Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["gemv_gb_per_s"] = Math.Round(gbps, 2), ["gemv_ms"] = Math.Round(s * 1000, 3), ["matrix_mb"] = mb,
+                ["dtype"] = TorchRuntime.DtypeName(dtype), ["threads"] = torch.get_num_threads(), ["load_average"] = load,
+            }));
+        return 0;
+    }
+
+    private static void Experiment()
+    {
+        TorchRuntime.PreferPassiveOpenMpWait();
+        using var noGrad = torch.no_grad();
+        long n = 24576, k = 4096; // 400 MB f32
+        var w = torch.randn([n, k]);
+        var wt = w.t().contiguous();
+        var wb = w.to_type(ScalarType.BFloat16);
+        var wbt = wt.to_type(ScalarType.BFloat16);
+        foreach (int rows in new[] { 1, 16 })
+        {
+            var x = torch.randn([rows, k]);
+            var xb = x.to_type(ScalarType.BFloat16);
+            void Time(string name, Func<Tensor> f, long bytes)
+            {
+                for (int i = 0; i < 2; i++) f().Dispose();
+                var times = new List<double>();
+                for (int i = 0; i < 15; i++) { var t = Stopwatch.StartNew(); f().Dispose(); times.Add(t.Elapsed.TotalSeconds); }
+                double m = Median(times);
+                Console.Error.WriteLine($"rows {rows} {name}: {m * 1000:F2} ms {bytes / m / 1e9:F1} GB/s");
+            }
+            Time("linear f32", () => F.linear(x, w), n * k * 4);
+            Time("matmul Wt f32", () => x.matmul(wt), n * k * 4);
+            Time("linear bf16", () => F.linear(xb, wb), n * k * 2);
+            Time("matmul Wt bf16", () => xb.matmul(wbt), n * k * 2);
+            Time("linear f32 x3d", () => F.linear(x.view(rows, 1, k), w), n * k * 4);
+        }
+    }
+
+    /// <summary>/proc/loadavg's 1-minute figure ("?" where there is none).</summary>
+    public static string LoadAverage()
+    {
+        try { return File.ReadAllText("/proc/loadavg").Split(' ')[0]; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return "?"; }
+    }
+
+    public static double Median(IEnumerable<double> values)
+    {
+        var s = values.OrderBy(v => v).ToArray();
+        return s.Length == 0 ? double.NaN : s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
+
+    public static int RunStep(string[] args)
+    {
+        var a = CliArgs.Parse(args, [.. ModelOptions.ValueOptions, "synthetic", "batch", "steps", "prompt-len"], ["json"]);
+        var config = SyntheticLlama.ParseSpec(a.Required("synthetic"));
+        using var engine = ModelOptions.Engine(a, SyntheticLlama.Create(config, ModelOptions.LoadOptions(a)));
+        var model = engine.Model;
+        int b = a.GetInt("batch", 1), steps = a.GetInt("steps", 32), promptLen = a.GetInt("prompt-len", 16);
+        if (b < 1 || b > 4096 || steps < 1 || steps > 100_000 || promptLen < 1 || promptLen > 100_000) throw new UsageException("--batch, --steps, --prompt-len out of range");
+        using var runner = engine.CreateRunner(b, promptLen + 2 * (steps + 2) + 8);
+        var rng = new Random(1);
+        var next = new int[b];
+        for (int i = 0; i < b; i++)
+            next[i] = ArgMax(runner.Prefill(i, Enumerable.Range(0, promptLen).Select(_ => rng.Next(config.VocabSize)).ToArray(), 0, null));
+
+        // the same step with the CPU kernel off (F.linear everywhere) and on, alternated step by step
+        var modes = model.LmHeadKernel is null ? new[] { false } : new[] { false, true };
+        var gemv = modes.Select(_ => new List<double>()).ToArray();
+        var decode = modes.Select(_ => new List<double>()).ToArray();
+        using var noGrad = torch.no_grad();
+        for (int step = 0; step < steps + 2; step++)
+            for (int mode = 0; mode < modes.Length; mode++)
+            {
+                CpuGemv.Enabled = modes[mode];
+                // the weight GEMVs alone: every projection group of every layer and lm_head, same calls, same row count
+                var t = Stopwatch.StartNew();
+                using (var scope = torch.NewDisposeScope())
+                {
+                    var xh = torch.ones([b, 1, config.HiddenSize], model.Dtype);
+                    var xf = torch.ones([b, 1, config.IntermediateSize], model.Dtype);
+                    var xa = torch.ones([b, 1, config.NumHeads * config.HeadDim], model.Dtype);
+                    for (int l = 0; l < model.Layers.Count; l++)
+                    {
+                        model.ProjectionGroupForward(l, ProjectionGroup.Qkv, xh);
+                        model.ProjectionGroupForward(l, ProjectionGroup.O, xa);
+                        model.ProjectionGroupForward(l, ProjectionGroup.GateUp, xh);
+                        model.ProjectionGroupForward(l, ProjectionGroup.Down, xf);
+                    }
+                    model.LmHeadForward(xh);
+                }
+                double g = t.Elapsed.TotalSeconds;
+                t.Restart();
+                var rows = Enumerable.Range(0, b).Select(i => new DecodeRow(i, next[i], runner.SlotLength(i), null)).ToList();
+                var logits = runner.Decode(rows);
+                for (int i = 0; i < b; i++) next[i] = ArgMax(logits[i]);
+                double d = t.Elapsed.TotalSeconds;
+                if (step >= 2) { gemv[mode].Add(g); decode[mode].Add(d); }
+            }
+        CpuGemv.Enabled = true;
+        long bytes = SyntheticLlama.WeightBytesReadPerToken(config, ScalarType.Float32);
+        long streamed = model.LmHeadKernel is null ? bytes : model.StreamedWeightBytes;
+        var load = LoadAverage();
+        var result = new Dictionary<string, object> { ["batch"] = b, ["threads"] = torch.get_num_threads(), ["load_average"] = load,
+            ["weights"] = model.WeightStorage.ToString().ToLowerInvariant() };
+        for (int mode = 0; mode < modes.Length; mode++)
+        {
+            double gm = Median(gemv[mode]), dm = Median(decode[mode]);
+            string name = modes[mode] ? "kernel" : "linear";
+            long read = modes[mode] ? streamed : bytes;
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"batch {b}, {name}: decode step {dm * 1000:F2} ms ({b / dm:F1} tok/s); weight GEMVs alone {gm * 1000:F2} ms ({read / gm / 1e9:F1} GB/s); " +
+                $"the rest {(dm - gm) * 1000:F2} ms ({(dm - gm) / dm:P0} of the step) [{torch.get_num_threads()} threads, load average {load}]"));
+            result[name + "_step_ms"] = Math.Round(dm * 1000, 3);
+            result[name + "_gemv_ms"] = Math.Round(gm * 1000, 3);
+            result[name + "_tokens_per_s"] = Math.Round(b / dm, 1);
+        }
+        if (a.Flag("json")) Console.WriteLine(JsonSerializer.Serialize(result));
+        return 0;
+    }
+
+    private static int ArgMax(float[] v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+}
