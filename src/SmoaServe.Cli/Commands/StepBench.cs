@@ -80,29 +80,22 @@ public static class StepBench
     {
         TorchRuntime.PreferPassiveOpenMpWait();
         using var noGrad = torch.no_grad();
-        long n = 24576, k = 4096; // 400 MB f32
-        var w = torch.randn([n, k]);
-        var wt = w.t().contiguous();
-        var wb = w.to_type(ScalarType.BFloat16);
-        var wbt = wt.to_type(ScalarType.BFloat16);
-        foreach (int rows in new[] { 1, 16 })
+        var a = torch.randn([1, 1, 768]);
+        var b = torch.randn([1, 1, 768]);
+        void Time(string name, Action f)
         {
-            var x = torch.randn([rows, k]);
-            var xb = x.to_type(ScalarType.BFloat16);
-            void Time(string name, Func<Tensor> f, long bytes)
-            {
-                for (int i = 0; i < 2; i++) f().Dispose();
-                var times = new List<double>();
-                for (int i = 0; i < 15; i++) { var t = Stopwatch.StartNew(); f().Dispose(); times.Add(t.Elapsed.TotalSeconds); }
-                double m = Median(times);
-                Console.Error.WriteLine($"rows {rows} {name}: {m * 1000:F2} ms {bytes / m / 1e9:F1} GB/s");
-            }
-            Time("linear f32", () => F.linear(x, w), n * k * 4);
-            Time("matmul Wt f32", () => x.matmul(wt), n * k * 4);
-            Time("linear bf16", () => F.linear(xb, wb), n * k * 2);
-            Time("matmul Wt bf16", () => xb.matmul(wbt), n * k * 2);
-            Time("linear f32 x3d", () => F.linear(x.view(rows, 1, k), w), n * k * 4);
+            for (int i = 0; i < 200; i++) f();
+            var t = Stopwatch.StartNew();
+            for (int i = 0; i < 2000; i++) f();
+            Console.Error.WriteLine($"{name}: {t.Elapsed.TotalMilliseconds * 1000 / 2000:F2} us");
         }
+        Time("add in scope", () => { using var s = torch.NewDisposeScope(); a.add(b); });
+        Time("add+dispose", () => { a.add(b).Dispose(); });
+        Time("add_ inplace", () => { a.add_(b).Dispose(); a.sub_(b).Dispose(); });
+        Time("narrow+dispose", () => { a.narrow(-1, 0, 10).Dispose(); });
+        Time("10 adds in scope", () => { using var s = torch.NewDisposeScope(); for (int i = 0; i < 10; i++) a.add(b); });
+        Time("softmax", () => { a.softmax(-1).Dispose(); });
+        Time("empty", () => { torch.empty([1, 1, 768]).Dispose(); });
     }
 
     /// <summary>/proc/loadavg's 1-minute figure ("?" where there is none).</summary>
