@@ -21,6 +21,9 @@ public static class StepBench
         usage: smoa bench bandwidth [--mb 400] [--dtype float32|bfloat16] [--threads N] [--seconds 3] [--json]
           GB/s of weights an F.linear GEMV (one input row) streams from a matrix of --mb megabytes (median of the
           timed calls); the decode benches report their weight traffic as a share of this figure.
+        usage: smoa bench precision (--model DIR | --synthetic SPEC) [--tokens 64] [--seed 1] [--json]
+          bf16 and int8 weight storage against float32 on one random sequence: max |logit error| (absolute and over
+          the largest |logit|), top-1 agreement per position (teacher-forced), greedy continuations (identical prefix).
         usage: smoa bench step --synthetic SPEC [--batch 1] [--steps 32] [--dtype ...] [--weights-dtype ...] [--threads N] [--json]
           one decode step taken apart: the weight GEMVs alone (the same F.linear calls on the same shapes), the model
           forward, the runner's decode call (inputs, masks, host copy of the logits), medians over --steps.
@@ -178,6 +181,68 @@ public static class StepBench
         }
         if (a.Flag("json")) Console.WriteLine(JsonSerializer.Serialize(result));
         return 0;
+    }
+
+    public static int RunPrecision(string[] args)
+    {
+        var a = CliArgs.Parse(args, ["model", "synthetic", "threads", "tokens", "seed"], ["json"]);
+        if (a.Has("model") == a.Has("synthetic")) throw new UsageException("give exactly one of --model DIR and --synthetic SPEC");
+        int tokens = a.GetInt("tokens", 64), seed = a.GetInt("seed", 1);
+        if (tokens < 2 || tokens > 4096) throw new UsageException("--tokens must be between 2 and 4096");
+        var baseOptions = ModelOptions.LoadOptions(a);
+        LlamaModel Load(WeightStorage w) => a.Get("model") is { } dir
+            ? LlamaModel.Load(dir, baseOptions with { Weights = w })
+            : SyntheticLlama.Create(SyntheticLlama.ParseSpec(a.Required("synthetic")), baseOptions with { Weights = w });
+        using var reference = Load(WeightStorage.Float32);
+        var rng = new Random(seed);
+        var ids = Enumerable.Range(0, tokens).Select(_ => rng.Next(reference.Config.VocabSize)).ToArray();
+        var result = new Dictionary<string, object> { ["tokens"] = tokens, ["model"] = a.Get("model") ?? "synthetic " + a.Get("synthetic") };
+        var (refLogits, refGreedy) = Evaluate(reference, ids);
+        foreach (var storage in new[] { WeightStorage.BFloat16, WeightStorage.Int8 })
+        {
+            using var model = Load(storage);
+            var (logits, greedy) = Evaluate(model, ids);
+            double maxErr = 0, maxRef = 0;
+            int agree = 0;
+            for (int t = 0; t < tokens; t++)
+            {
+                for (int v = 0; v < logits[t].Length; v++)
+                {
+                    maxErr = Math.Max(maxErr, Math.Abs(logits[t][v] - refLogits[t][v]));
+                    maxRef = Math.Max(maxRef, Math.Abs(refLogits[t][v]));
+                }
+                if (ArgMax(logits[t]) == ArgMax(refLogits[t])) agree++;
+            }
+            int prefix = 0;
+            while (prefix < greedy.Length && greedy[prefix] == refGreedy[prefix]) prefix++;
+            string name = storage == WeightStorage.BFloat16 ? "bf16" : "int8";
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: max |logit error| {maxErr:E2} ({maxErr / maxRef:P2} of max |logit| {maxRef:F2}); top-1 agreement {agree}/{tokens}; " +
+                $"greedy continuation identical for {prefix}/{greedy.Length} tokens; weights streamed {model.StreamedWeightBytes / 1e6:F1} MB vs {reference.StreamedWeightBytes / 1e6:F1} MB"));
+            result[name + "_max_abs_logit_error"] = maxErr;
+            result[name + "_relative_logit_error"] = maxErr / maxRef;
+            result[name + "_top1_agreement"] = (double)agree / tokens;
+            result[name + "_greedy_identical_prefix"] = prefix;
+        }
+        result["greedy_tokens"] = refGreedy.Length;
+        if (a.Flag("json")) Console.WriteLine(JsonSerializer.Serialize(result));
+        return 0;
+    }
+
+    /// <summary>Teacher-forced logits of every position (through the KV cache, as decode computes them) and a greedy continuation.</summary>
+    private static (float[][] Logits, int[] Greedy) Evaluate(LlamaModel model, int[] ids)
+    {
+        int greedyTokens = Math.Min(32, ids.Length);
+        using var runner = new ModelRunner(model, 1, ids.Length + greedyTokens + 1);
+        var logits = new float[ids.Length][];
+        logits[0] = runner.Prefill(0, ids.AsSpan(0, 1), 0, null);
+        for (int t = 1; t < ids.Length; t++) logits[t] = runner.Decode([new DecodeRow(0, ids[t], t, null)])[0];
+        runner.FreeSlot(0);
+        var prompt = ids.AsSpan(0, ids.Length / 2);
+        var greedy = new int[greedyTokens];
+        greedy[0] = ArgMax(runner.Prefill(0, prompt, 0, null));
+        for (int i = 1; i < greedyTokens; i++) greedy[i] = ArgMax(runner.Decode([new DecodeRow(0, greedy[i - 1], prompt.Length + i - 1, null)])[0]);
+        return (logits, greedy);
     }
 
     private static int ArgMax(float[] v)
