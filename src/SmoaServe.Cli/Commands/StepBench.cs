@@ -24,9 +24,10 @@ public static class StepBench
         usage: smoa bench precision (--model DIR | --synthetic SPEC) [--tokens 64] [--seed 1] [--json]
           bf16 and int8 weight storage against float32 on one random sequence: max |logit error| (absolute and over
           the largest |logit|), top-1 agreement per position (teacher-forced), greedy continuations (identical prefix).
-        usage: smoa bench step --synthetic SPEC [--batch 1] [--steps 32] [--dtype ...] [--weights-dtype ...] [--threads N] [--json]
+        usage: smoa bench step --synthetic SPEC [--batch 1] [--steps 32] [--weights-dtype ...] [--threads N] [--decode-only] [--json]
           one decode step taken apart: the weight GEMVs alone (the same F.linear calls on the same shapes), the model
-          forward, the runner's decode call (inputs, masks, host copy of the logits), medians over --steps.
+          runner's decode call (inputs, masks, host copy of the logits), with the CPU kernel off (F.linear) and on,
+          alternated step by step; medians over --steps. --decode-only: the decode call with the kernel, nothing else.
         """;
 
     /// <summary>Median seconds per GEMV and the GB/s it streams.</summary>
@@ -116,7 +117,7 @@ public static class StepBench
 
     public static int RunStep(string[] args)
     {
-        var a = CliArgs.Parse(args, [.. ModelOptions.ValueOptions, "synthetic", "batch", "steps", "prompt-len"], ["json"]);
+        var a = CliArgs.Parse(args, [.. ModelOptions.ValueOptions, "synthetic", "batch", "steps", "prompt-len"], ["json", "decode-only"]);
         var config = SyntheticLlama.ParseSpec(a.Required("synthetic"));
         using var engine = ModelOptions.Engine(a, SyntheticLlama.Create(config, ModelOptions.LoadOptions(a)));
         var model = engine.Model;
@@ -129,7 +130,8 @@ public static class StepBench
             next[i] = ArgMax(runner.Prefill(i, Enumerable.Range(0, promptLen).Select(_ => rng.Next(config.VocabSize)).ToArray(), 0, null));
 
         // the same step with the CPU kernel off (F.linear everywhere) and on, alternated step by step
-        var modes = model.LmHeadKernel is null ? new[] { false } : new[] { false, true };
+        bool decodeOnly = a.Flag("decode-only");
+        var modes = model.LmHeadKernel is null ? new[] { false } : decodeOnly ? new[] { true } : new[] { false, true };
         var gemv = modes.Select(_ => new List<double>()).ToArray();
         var decode = modes.Select(_ => new List<double>()).ToArray();
         using var noGrad = torch.no_grad();
@@ -139,6 +141,7 @@ public static class StepBench
                 CpuGemv.Enabled = modes[mode];
                 // the weight GEMVs alone: every projection group of every layer and lm_head, same calls, same row count
                 var t = Stopwatch.StartNew();
+                if (!decodeOnly)
                 using (var scope = torch.NewDisposeScope())
                 {
                     var xh = torch.ones([b, 1, config.HiddenSize], model.Dtype);
