@@ -78,5 +78,6 @@ public sealed class CpuGemvTests
         Assert.False(kernel.Accepts(torch.zeros([CpuGemv.MaxRows + 1, 16])));
         Assert.False(kernel.Accepts(torch.zeros([1, 16], ScalarType.BFloat16)));
         Assert.False(kernel.Accepts(torch.zeros([1, 15])));
+        Assert.False(kernel.Accepts(torch.zeros([1, 16]).requires_grad_()));                // gradients flow through F.linear
     }
 }

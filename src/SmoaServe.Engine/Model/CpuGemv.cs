@@ -82,9 +82,12 @@ public sealed class CpuGemv : IDisposable
         }
     }
 
-    /// <summary>True when <paramref name="x"/> (float32 [..., K] on the CPU) has few enough rows for the kernel.</summary>
+    /// <summary>
+    /// True when <paramref name="x"/> (float32 [..., K] on the CPU) has few enough rows for the kernel and needs no
+    /// gradient (the kernel is not part of the autograd graph; training through the base goes to F.linear).
+    /// </summary>
     public bool Accepts(Tensor x) =>
-        x.dtype == ScalarType.Float32 && x.device.type == DeviceType.CPU && x.shape[^1] == InFeatures
+        !x.requires_grad && x.dtype == ScalarType.Float32 && x.device.type == DeviceType.CPU && x.shape[^1] == InFeatures
         && x.NumberOfElements / InFeatures <= MaxRows;
 
     /// <summary>x [..., K] → y [..., N] (a new tensor).</summary>
