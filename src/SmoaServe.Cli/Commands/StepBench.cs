@@ -134,12 +134,17 @@ public static class StepBench
         var modes = model.LmHeadKernel is null ? new[] { false } : decodeOnly ? new[] { true } : new[] { false, true };
         var gemv = modes.Select(_ => new List<double>()).ToArray();
         var decode = modes.Select(_ => new List<double>()).ToArray();
+        var gemvCpu = modes.Select(_ => new List<double>()).ToArray();
+        var decodeCpu = modes.Select(_ => new List<double>()).ToArray();
+        var process = Process.GetCurrentProcess();
+        double Cpu() { process.Refresh(); return process.TotalProcessorTime.TotalSeconds; }
         using var noGrad = torch.no_grad();
         for (int step = 0; step < steps + 2; step++)
             for (int mode = 0; mode < modes.Length; mode++)
             {
                 CpuGemv.Enabled = modes[mode];
                 // the weight GEMVs alone: every projection group of every layer and lm_head, same calls, same row count
+                double c0 = Cpu();
                 var t = Stopwatch.StartNew();
                 if (!decodeOnly)
                 using (var scope = torch.NewDisposeScope())
@@ -157,12 +162,14 @@ public static class StepBench
                     model.LmHeadForward(xh);
                 }
                 double g = t.Elapsed.TotalSeconds;
+                double c1 = Cpu();
                 t.Restart();
                 var rows = Enumerable.Range(0, b).Select(i => new DecodeRow(i, next[i], runner.SlotLength(i), null)).ToList();
                 var logits = runner.Decode(rows);
                 for (int i = 0; i < b; i++) next[i] = ArgMax(logits[i]);
                 double d = t.Elapsed.TotalSeconds;
-                if (step >= 2) { gemv[mode].Add(g); decode[mode].Add(d); }
+                double c2 = Cpu();
+                if (step >= 2) { gemv[mode].Add(g); decode[mode].Add(d); gemvCpu[mode].Add(c1 - c0); decodeCpu[mode].Add(c2 - c1); }
             }
         CpuGemv.Enabled = true;
         long bytes = SyntheticLlama.WeightBytesReadPerToken(config, ScalarType.Float32);
@@ -177,7 +184,10 @@ public static class StepBench
             long read = modes[mode] ? streamed : bytes;
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"batch {b}, {name}: decode step {dm * 1000:F2} ms ({b / dm:F1} tok/s); weight GEMVs alone {gm * 1000:F2} ms ({read / gm / 1e9:F1} GB/s); " +
-                $"the rest {(dm - gm) * 1000:F2} ms ({(dm - gm) / dm:P0} of the step) [{torch.get_num_threads()} threads, load average {load}]"));
+                $"the rest {(dm - gm) * 1000:F2} ms ({(dm - gm) / dm:P0} of the step); CPU time: step {Median(decodeCpu[mode]) * 1000:F2} ms, GEMVs {Median(gemvCpu[mode]) * 1000:F2} ms " +
+                $"[{torch.get_num_threads()} threads, load average {load}]"));
+            result[name + "_step_cpu_ms"] = Math.Round(Median(decodeCpu[mode]) * 1000, 3);
+            result[name + "_gemv_cpu_ms"] = Math.Round(Median(gemvCpu[mode]) * 1000, 3);
             result[name + "_step_ms"] = Math.Round(dm * 1000, 3);
             result[name + "_gemv_ms"] = Math.Round(gm * 1000, 3);
             result[name + "_tokens_per_s"] = Math.Round(b / dm, 1);
