@@ -172,6 +172,7 @@ public static class StepBench
                 if (step >= 2) { gemv[mode].Add(g); decode[mode].Add(d); gemvCpu[mode].Add(c1 - c0); decodeCpu[mode].Add(c2 - c1); }
             }
         CpuGemv.Enabled = true;
+        double bandwidth = decodeOnly ? double.NaN : MeasureBandwidth(400_000_000, ScalarType.Float32, 2).GBps;
         long bytes = SyntheticLlama.WeightBytesReadPerToken(config, ScalarType.Float32);
         long streamed = model.LmHeadKernel is null ? bytes : model.StreamedWeightBytes;
         var load = LoadAverage();
@@ -182,16 +183,25 @@ public static class StepBench
             double gm = Median(gemv[mode]), dm = Median(decode[mode]);
             string name = modes[mode] ? "kernel" : "linear";
             long read = modes[mode] ? streamed : bytes;
+            if (decodeOnly)
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"batch {b}, {name}: decode step {dm * 1000:F2} ms ({b / dm:F1} tok/s, {read / dm / 1e9:F1} GB/s of weights); CPU time {Median(decodeCpu[mode]) * 1000:F2} ms [{torch.get_num_threads()} threads, load average {load}]"));
+            else
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"batch {b}, {name}: decode step {dm * 1000:F2} ms ({b / dm:F1} tok/s); weight GEMVs alone {gm * 1000:F2} ms ({read / gm / 1e9:F1} GB/s); " +
                 $"the rest {(dm - gm) * 1000:F2} ms ({(dm - gm) / dm:P0} of the step); CPU time: step {Median(decodeCpu[mode]) * 1000:F2} ms, GEMVs {Median(gemvCpu[mode]) * 1000:F2} ms " +
                 $"[{torch.get_num_threads()} threads, load average {load}]"));
             result[name + "_step_cpu_ms"] = Math.Round(Median(decodeCpu[mode]) * 1000, 3);
             result[name + "_gemv_cpu_ms"] = Math.Round(Median(gemvCpu[mode]) * 1000, 3);
+            if (!decodeOnly)
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  weights streamed per step {read / dm / 1e9:F1} GB/s = {read / dm / 1e9 / bandwidth:P0} of the GEMV bandwidth measured in this run ({bandwidth:F1} GB/s, smoa bench bandwidth)"));
             result[name + "_step_ms"] = Math.Round(dm * 1000, 3);
+            if (!decodeOnly) result[name + "_share_of_bandwidth"] = Math.Round(read / dm / 1e9 / bandwidth, 3);
             result[name + "_gemv_ms"] = Math.Round(gm * 1000, 3);
             result[name + "_tokens_per_s"] = Math.Round(b / dm, 1);
         }
+        if (!decodeOnly) result["bandwidth_gb_per_s"] = Math.Round(bandwidth, 2);
         if (a.Flag("json")) Console.WriteLine(JsonSerializer.Serialize(result));
         return 0;
     }
