@@ -18,9 +18,10 @@ namespace SmoaServe.Cli.Commands;
 public static class StepBench
 {
     public const string Usage = """
-        usage: smoa bench bandwidth [--mb 400] [--dtype float32|bfloat16] [--threads N] [--seconds 3] [--json]
+        usage: smoa bench bandwidth [--mb 400] [--dtype float32|bfloat16] [--threads N] [--seconds 3] [--kernel] [--json]
           GB/s of weights an F.linear GEMV (one input row) streams from a matrix of --mb megabytes (median of the
-          timed calls); the decode benches report their weight traffic as a share of this figure.
+          timed calls); the decode benches report their weight traffic as a share of this figure. --kernel: the same
+          product through the CPU decode kernel with float32, bf16 and int8 storage.
         usage: smoa bench precision (--model DIR | --synthetic SPEC) [--tokens 64] [--seed 1] [--json]
           bf16 and int8 weight storage against float32 on one random sequence: max |logit error| (absolute and over
           the largest |logit|), top-1 agreement per position (teacher-forced), greedy continuations (identical prefix).
@@ -52,10 +53,31 @@ public static class StepBench
         return (median, rows * cols * elementSize / median / 1e9);
     }
 
+    /// <summary>The same one-row product through <see cref="CpuGemv"/> over a float32 matrix of <paramref name="bytes"/> stored as <paramref name="storage"/>.</summary>
+    public static (double Seconds, double GBps, long Bytes) MeasureKernel(long bytes, WeightStorage storage, double seconds = 3)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        long cols = 4096, rows = Math.Max(1, bytes / (cols * 4));
+        var w = torch.randn([rows, cols], ScalarType.Float32);
+        using var kernel = new CpuGemv(w, null, storage);
+        var x = torch.randn([1, cols], ScalarType.Float32);
+        for (int i = 0; i < 3; i++) kernel.Forward(x).Dispose();
+        var times = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (total.Elapsed.TotalSeconds < seconds || times.Count < 5)
+        {
+            var t = Stopwatch.StartNew();
+            kernel.Forward(x).Dispose();
+            times.Add(t.Elapsed.TotalSeconds);
+        }
+        double median = Median(times);
+        return (median, kernel.WeightBytes / median / 1e9, kernel.WeightBytes);
+    }
+
     public static int RunBandwidth(string[] args)
     {
-        if (Environment.GetEnvironmentVariable("SMOA_EXP") == "1") { Experiment(); return 0; }
-        var a = CliArgs.Parse(args, ["mb", "dtype", "threads", "seconds"], ["json"]);
+        var a = CliArgs.Parse(args, ["mb", "dtype", "threads", "seconds"], ["json", "kernel"]);
         int threads = a.GetInt("threads", 0);
         if (threads < 0 || threads > ModelOptions.MaxThreads) throw new UsageException($"--threads must be between 1 and {ModelOptions.MaxThreads}");
         TorchRuntime.PreferPassiveOpenMpWait();
@@ -71,35 +93,22 @@ public static class StepBench
         var load = LoadAverage();
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"GEMV over {mb} MB of {TorchRuntime.DtypeName(dtype)}: {s * 1000:F2} ms = {gbps:F1} GB/s ({torch.get_num_threads()} threads, load average {load})"));
-        if (a.Flag("json"))
-            Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-            {
-                ["gemv_gb_per_s"] = Math.Round(gbps, 2), ["gemv_ms"] = Math.Round(s * 1000, 3), ["matrix_mb"] = mb,
-                ["dtype"] = TorchRuntime.DtypeName(dtype), ["threads"] = torch.get_num_threads(), ["load_average"] = load,
-            }));
-        return 0;
-    }
-
-    private static void Experiment()
-    {
-        TorchRuntime.PreferPassiveOpenMpWait();
-        using var noGrad = torch.no_grad();
-        var a = torch.randn([1, 1, 768]);
-        var b = torch.randn([1, 1, 768]);
-        void Time(string name, Action f)
+        var result = new Dictionary<string, object>
         {
-            for (int i = 0; i < 200; i++) f();
-            var t = Stopwatch.StartNew();
-            for (int i = 0; i < 2000; i++) f();
-            Console.Error.WriteLine($"{name}: {t.Elapsed.TotalMilliseconds * 1000 / 2000:F2} us");
-        }
-        Time("add in scope", () => { using var s = torch.NewDisposeScope(); a.add(b); });
-        Time("add+dispose", () => { a.add(b).Dispose(); });
-        Time("add_ inplace", () => { a.add_(b).Dispose(); a.sub_(b).Dispose(); });
-        Time("narrow+dispose", () => { a.narrow(-1, 0, 10).Dispose(); });
-        Time("10 adds in scope", () => { using var s = torch.NewDisposeScope(); for (int i = 0; i < 10; i++) a.add(b); });
-        Time("softmax", () => { a.softmax(-1).Dispose(); });
-        Time("empty", () => { torch.empty([1, 1, 768]).Dispose(); });
+            ["gemv_gb_per_s"] = Math.Round(gbps, 2), ["gemv_ms"] = Math.Round(s * 1000, 3), ["matrix_mb"] = mb,
+            ["dtype"] = TorchRuntime.DtypeName(dtype), ["threads"] = torch.get_num_threads(), ["load_average"] = load,
+        };
+        if (a.Flag("kernel"))
+            foreach (var storage in Enum.GetValues<WeightStorage>())
+            {
+                var (ks, kgbps, kbytes) = MeasureKernel(mb * 1_000_000L, storage, seconds);
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"CPU decode kernel, {storage} storage ({kbytes / 1e6:F0} MB): {ks * 1000:F2} ms = {kgbps:F1} GB/s"));
+                result["kernel_" + storage.ToString().ToLowerInvariant() + "_ms"] = Math.Round(ks * 1000, 3);
+                result["kernel_" + storage.ToString().ToLowerInvariant() + "_gb_per_s"] = Math.Round(kgbps, 2);
+            }
+        if (a.Flag("json")) Console.WriteLine(JsonSerializer.Serialize(result));
+        return 0;
     }
 
     /// <summary>/proc/loadavg's 1-minute figure ("?" where there is none).</summary>
