@@ -43,6 +43,17 @@ public sealed class WeightStorageTests
         Assert.True(int8.StreamedWeightBytes < 0.3 * f32.StreamedWeightBytes);
     }
 
+    [Fact]
+    public void Weights_dtype_names_parse_and_a_bad_one_is_a_settings_problem()
+    {
+        Assert.Equal(WeightStorage.Float32, WeightStorages.Parse(null));
+        Assert.Equal(WeightStorage.BFloat16, WeightStorages.Parse("bf16"));
+        Assert.Equal(WeightStorage.Int8, WeightStorages.Parse(" INT8 "));
+        Assert.Throws<ArgumentException>(() => WeightStorages.Parse("int4"));
+        var options = new SmoaServe.Engine.Hosting.EngineOptions { Model = "m", WeightsDtype = "fp8" };
+        Assert.Contains(options.Problems(), p => p.Contains("fp8"));
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;

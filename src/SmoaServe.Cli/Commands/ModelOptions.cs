@@ -49,13 +49,11 @@ public static class ModelOptions
         return new ModelLoadOptions(device, dtype, weights);
     }
 
-    private static WeightStorage ParseWeightStorage(CliArgs args) => args.Get("weights-dtype")?.Trim().ToLowerInvariant() switch
+    private static WeightStorage ParseWeightStorage(CliArgs args)
     {
-        null or "float32" or "f32" or "fp32" => WeightStorage.Float32,
-        "bf16" or "bfloat16" => WeightStorage.BFloat16,
-        "int8" or "i8" => WeightStorage.Int8,
-        var other => throw new UsageException($"--weights-dtype: '{other}' is not float32, bf16 or int8"),
-    };
+        try { return WeightStorages.Parse(args.Get("weights-dtype")); }
+        catch (ArgumentException e) { throw new UsageException("--weights-dtype: " + e.Message); }
+    }
 
     /// <summary>Where the command line caches SMoA layouts: $SMOA_DATA_DIR when set, else nowhere (in memory).</summary>
     public static string? DataDirectory => Environment.GetEnvironmentVariable("SMOA_DATA_DIR") is { Length: > 0 } d ? d : null;

@@ -18,6 +18,18 @@ public enum WeightStorage
     Int8,
 }
 
+public static class WeightStorages
+{
+    /// <summary>"float32" (or null) / "bf16" / "int8", as the command line and the server settings spell them.</summary>
+    public static WeightStorage Parse(string? name) => name?.Trim().ToLowerInvariant() switch
+    {
+        null or "float32" or "f32" or "fp32" => WeightStorage.Float32,
+        "bf16" or "bfloat16" => WeightStorage.BFloat16,
+        "int8" or "i8" => WeightStorage.Int8,
+        var other => throw new ArgumentException($"weights dtype '{other}' is not float32, bf16 or int8"),
+    };
+}
+
 /// <summary>
 /// y = x Wᵀ (+ b) for a few rows of x (decode: one row per sequence) on the CPU, reading each weight row once per call
 /// for all rows of x: the step is bound by how fast the weights stream from memory, so the kernel does nothing but
