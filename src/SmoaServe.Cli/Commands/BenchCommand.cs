@@ -44,11 +44,12 @@ public sealed class BenchCommand : ICommand
         {TrainBench.Usage}
         {Hostile.HostileBench.Usage}
         {StructuredOutputBench.Usage}
+        {StepBench.Usage}
         """;
 
     private static readonly string[] Options =
         ["model", "synthetic", "device", "dtype", "threads", "adapter-kind", "r", "num-blocks", "target-modules", "adapters",
-         "batch", "steps", "prompt-len", "warmup", "rounds", "alpha", "data", "seed", "smoa-form"];
+         "batch", "steps", "prompt-len", "warmup", "rounds", "alpha", "data", "seed", "smoa-form", "weights-dtype"];
 
     public int Run(string[] args)
     {
@@ -56,14 +57,19 @@ public sealed class BenchCommand : ICommand
         if (args.Length > 0 && args[0] == "train") return TrainBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "hostile") return Hostile.HostileBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "structured") return StructuredOutputBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "bandwidth") return StepBench.RunBandwidth(args[1..]);
+        if (args.Length > 0 && args[0] == "step") return StepBench.RunStep(args[1..]);
+        if (args.Length > 0 && args[0] == "precision") return StepBench.RunPrecision(args[1..]);
         var a = CliArgs.Parse(args, Options, ["json", "no-swap", "random-layout"]);
-        if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode|serve|train|hostile ...");
+        if (a.Positionals.Count != 1 || a.Positionals[0] != "decode") throw new UsageException("smoa bench decode|serve|train|hostile|structured|bandwidth|step|precision ...");
         var s = Settings.From(a);
         var log = s.Json ? Console.Error : Console.Out;
 
         var load = Stopwatch.StartNew();
         using var engine = ModelOptions.Engine(a, s.ModelDir is null ? SyntheticLlama.Create(ParseSynthetic(s.Synthetic!), ModelOptions.LoadOptions(a)) : null, s.DataDir);
         var model = engine.Model;
+        if (model.WeightStorage != WeightStorage.Float32 && !s.NoSwap)
+            throw new UsageException("--weights-dtype bf16|int8: the swap baseline merges into float32 weights the kernel does not stream; add --no-swap");
         log.WriteLine($"model: {(s.ModelDir ?? "synthetic " + s.Synthetic)} on {model.Device.type} {TorchRuntime.DtypeName(model.Dtype)} ({load.Elapsed.TotalSeconds:F1} s)");
 
         var (view, layouts, registry) = (engine.View, engine.Layouts, engine.Adapters);

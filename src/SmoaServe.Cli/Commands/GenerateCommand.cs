@@ -128,11 +128,11 @@ public sealed class GenerateCommand : ICommand
     private static void ReportSpeed(SequenceResult r, LlamaModel model)
     {
         var c = model.Config;
-        long bytesPerToken = SyntheticLlama.WeightBytesReadPerToken(c, model.Dtype);
+        long bytesPerToken = model.StreamedWeightBytes > 0 ? model.StreamedWeightBytes : SyntheticLlama.WeightBytesReadPerToken(c, model.Dtype);
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"prompt {r.PromptTokens} tokens, prefill {r.PrefillSeconds * 1000:F1} ms; generated {r.Ids.Count} tokens ({r.FinishReason}); " +
             $"decode {r.Ids.Count - 1} steps in {r.DecodeSeconds:F3} s = {r.DecodeTokensPerSecond:F2} tokens/s " +
             $"(weights read per token {bytesPerToken / 1e6:F1} MB -> {r.DecodeTokensPerSecond * bytesPerToken / 1e9:F2} GB/s) " +
-            $"[{SyntheticLlama.ParameterCount(c) / 1e6:F1}M params, {TorchRuntime.DtypeName(model.Dtype)}, {model.Device}, {TorchSharp.torch.get_num_threads()} threads]"));
+            $"[{SyntheticLlama.ParameterCount(c) / 1e6:F1}M params, {TorchRuntime.DtypeName(model.Dtype)}, weights {model.WeightStorage.ToString().ToLowerInvariant()}, {model.Device}, {TorchSharp.torch.get_num_threads()} threads]"));
     }
 }

@@ -11,12 +11,14 @@ namespace SmoaServe.Cli.Commands;
 /// <summary>Options shared by the commands that load a model: --model, --device, --dtype, --threads, --adapter, --smoa-form.</summary>
 public static class ModelOptions
 {
-    public static readonly string[] ValueOptions = ["model", "device", "dtype", "threads", "adapter", "smoa-form"];
+    public static readonly string[] ValueOptions = ["model", "device", "dtype", "threads", "adapter", "smoa-form", "weights-dtype"];
 
     public const string Help =
         "  --device cpu|cuda          where the model runs (default cpu)\n" +
         "  --dtype float32|bfloat16   compute dtype (default float32 on cpu, bfloat16 on cuda)\n" +
         "  --threads N                libtorch intra-op threads (default: one per core)\n" +
+        "  --weights-dtype float32|bf16|int8  CPU float32 models: storage of the weights decode streams (default float32;\n" +
+        "                             bf16 / int8 per-channel replace the base by its rounded weights, see docs/cpu-performance.md)\n" +
         "  --smoa-form anchored|folded  how SMoA adapters are applied (default anchored on cpu, folded on cuda)";
 
     /// <summary>--smoa-form, or null for the device's default.</summary>
@@ -43,7 +45,14 @@ public static class ModelOptions
             try { dtype = TorchRuntime.ParseDtype(d); }
             catch (ArgumentException e) { throw new UsageException("--dtype: " + e.Message); }
         }
-        return new ModelLoadOptions(device, dtype);
+        var weights = ParseWeightStorage(args);
+        return new ModelLoadOptions(device, dtype, weights);
+    }
+
+    private static WeightStorage ParseWeightStorage(CliArgs args)
+    {
+        try { return WeightStorages.Parse(args.Get("weights-dtype")); }
+        catch (ArgumentException e) { throw new UsageException("--weights-dtype: " + e.Message); }
     }
 
     /// <summary>Where the command line caches SMoA layouts: $SMOA_DATA_DIR when set, else nowhere (in memory).</summary>

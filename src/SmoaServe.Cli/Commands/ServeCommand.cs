@@ -18,6 +18,7 @@ public sealed class ServeCommand : ICommand
           --device cpu|cuda         (default cpu)
           --dtype float32|bfloat16|float16   compute dtype (default: float32 on CPU, bfloat16 on CUDA)
           --smoa-form anchored|folded   how SMoA adapters are applied (default: anchored on CPU, folded on CUDA)
+          --weights-dtype float32|bf16|int8   CPU float32 models: storage of the weights decode streams (default float32)
           --adapter NAME=DIR        preload an adapter (repeatable)
           --adapters-dir DIR        every sub-directory is served under its name, watched for changes (default ./adapters)
           --max-running N           KV slots = most sequences in the running batch (default 16)
@@ -44,7 +45,7 @@ public sealed class ServeCommand : ICommand
         ("model", "Model"), ("served-model-name", "ServedModelName"), ("urls", "Urls"), ("data", "Data"), ("device", "Device"),
         ("dtype", "Dtype"), ("adapters-dir", "AdaptersDir"), ("max-running", "MaxRunning"), ("max-batched-tokens", "MaxBatchedTokens"),
         ("max-prefill-chunk", "MaxPrefillChunk"), ("max-queued", "MaxQueued"), ("max-model-len", "MaxModelLen"),
-        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"), ("max-device-adapters", "MaxDeviceAdapters"),
+        ("log-format", "LogFormat"), ("smoa-form", "SmoaForm"), ("weights-dtype", "WeightsDtype"), ("max-device-adapters", "MaxDeviceAdapters"),
         ("max-device-adapter-bytes", "MaxDeviceAdapterBytes"), ("max-host-adapter-bytes", "MaxHostAdapterBytes"),
         ("max-queued-per-tenant", "MaxQueuedPerTenant"), ("max-upload-bytes", "MaxUploadBytes"),
     ];

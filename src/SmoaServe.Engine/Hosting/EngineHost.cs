@@ -44,7 +44,8 @@ public sealed class EngineHost : IDisposable
         var eos = new HashSet<int>(GenerationConfig.Load(dir, config).EosTokenIds);
         if (eos.Count == 0 && tokenizer.EosTokenId is { } e) eos.Add(e);
         int maxLen = options.MaxModelLen ?? Math.Min(config.MaxPositionEmbeddings, EngineOptions.DefaultMaxModelLen);
-        var load = new ModelLoadOptions(TorchRuntime.ResolveDevice(options.Device), options.Dtype is { } dt ? TorchRuntime.ParseDtype(dt) : null);
+        var load = new ModelLoadOptions(TorchRuntime.ResolveDevice(options.Device), options.Dtype is { } dt ? TorchRuntime.ParseDtype(dt) : null,
+            WeightStorages.Parse(options.WeightsDtype));
         var form = AdapterRegistryOptions.ParseForm(options.SmoaForm);
         string data = options.DataDirectory;
         int slots = options.MaxRunning;

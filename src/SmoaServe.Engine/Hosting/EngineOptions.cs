@@ -20,6 +20,8 @@ public sealed class EngineOptions
     public string? Dtype { get; set; }
     /// <summary>"anchored" / "folded" (see <see cref="Adapters.SmoaForm"/>); null = the device's default.</summary>
     public string? SmoaForm { get; set; }
+    /// <summary>float32 CPU models: "float32" (null) / "bf16" / "int8" storage of the weights decode streams (docs/cpu-performance.md).</summary>
+    public string? WeightsDtype { get; set; }
     /// <summary>Data directory: the SMoA layout cache (layouts/&lt;base fingerprint&gt;/); null = ./data.</summary>
     public string? Data { get; set; }
 
@@ -79,6 +81,8 @@ public sealed class EngineOptions
             try { Runtime.TorchRuntime.ParseDtype(Dtype); }
             catch (ArgumentException e) { problems.Add(e.Message); }
         }
+        try { global::SmoaServe.Engine.Model.WeightStorages.Parse(WeightsDtype); }
+        catch (ArgumentException e) { problems.Add(e.Message); }
         return problems;
     }
 }

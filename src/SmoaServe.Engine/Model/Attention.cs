@@ -28,7 +28,8 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
         var qkFlat = projected.narrow(-1, 0, qkWidth);                        // [B, T, (NH+NKV)*D]: q and k side by side
         var vFlat = projected.narrow(-1, qkWidth, numKvHeads * headDim);      // [B, T, NKV*D]
         var qk = qkFlat.view(b, t, numHeads + numKvHeads, headDim).transpose(1, 2); // [B, NH+NKV, T, D]
-        qk = RotaryEmbedding.Apply(qk, state.Cos, state.Sin);
+        var (cos, signedSin) = state.RotaryFactors();
+        qk = RotaryEmbedding.ApplySigned(qk, cos, signedSin);
         var q = qk.narrow(1, 0, numHeads);                                    // [B, NH, T, D]
         var k = qk.narrow(1, numHeads, numKvHeads);                           // [B, NKV, T, D]
         var v = vFlat.view(b, t, numKvHeads, headDim).transpose(1, 2);        // [B, NKV, T, D]
@@ -63,7 +64,8 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
         var scores = torch.matmul(grouped, k.transpose(2, 3)).mul_(1.0 / Math.Sqrt(headDim)); // [B, NKV, G, L]
         if (state.AttentionBias is { } bias) scores = scores.add_(bias);                                      // [B, 1, 1, L]
         else if (state.Mask is { } mask) scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
-        var probs = scores.softmax(-1, ScalarType.Float32).to_type(q.dtype);
+        var probs = scores.softmax(-1, ScalarType.Float32);
+        if (probs.dtype != q.dtype) probs = probs.to_type(q.dtype);
         var attended = torch.matmul(probs, v);                                            // [B, NKV, G, D]
         return attended.reshape(b, numHeads, 1, headDim);                                 // [B, NH, 1, D]
     }

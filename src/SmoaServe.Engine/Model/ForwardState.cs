@@ -18,4 +18,10 @@ public sealed class ForwardState
     /// <summary>Null: attend over the new tokens only (no cache).</summary>
     public IKvAccess? Cache { get; init; }
     public IAdapterBatch? Adapters { get; init; }
+
+    private (Tensor Cos, Tensor SignedSin)? _rotary;
+
+    /// <summary>cos and the signed sin as [B, 1, T, D], made once per forward by the first layer (owned by the caller's scope).</summary>
+    internal (Tensor Cos, Tensor SignedSin) RotaryFactors() =>
+        _rotary ??= (Cos.unsqueeze(1), RotaryEmbedding.SignedSin(Sin).unsqueeze(1));
 }

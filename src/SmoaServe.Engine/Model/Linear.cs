@@ -25,6 +25,8 @@ public sealed class FusedLinear
     public Tensor Weight { get; }  // [Σ out_i, in]
     public Tensor? Bias { get; }   // [Σ out_i]
     public IReadOnlyList<Linear> Parts { get; }
+    /// <summary>The CPU decode kernel over <see cref="Weight"/> (float32 CPU models), or null.</summary>
+    public CpuGemv? Kernel { get; private set; }
 
     /// <summary>Concatenates the parts' weights (and biases), given in <see cref="ProjectionGroups.Parts"/> order, and disposes the originals.</summary>
     public FusedLinear(int layer, ProjectionGroup group, IReadOnlyList<(Tensor Weight, Tensor? Bias)> parts)
@@ -54,10 +56,13 @@ public sealed class FusedLinear
             .ToArray();
     }
 
+    /// <summary>Streams the weight through <see cref="CpuGemv"/> for few-row inputs (decode) from now on.</summary>
+    public void UseKernel(WeightStorage storage) => Kernel = new CpuGemv(Weight, Bias, storage);
+
     /// <returns>[B, T, Σ out_i]: every part's output (with its adapter update), side by side</returns>
     public Tensor Forward(Tensor x, IAdapterBatch? adapters)
     {
-        var y = F.linear(x, Weight, Bias);
+        var y = Kernel is { } k && CpuGemv.Enabled && k.Accepts(x) ? k.Forward(x) : F.linear(x, Weight, Bias);
         return adapters is null ? y : adapters.Apply(_layer, Group, x, y);
     }
 
@@ -66,6 +71,7 @@ public sealed class FusedLinear
 
     public void Dispose()
     {
+        Kernel?.Dispose();
         if (Parts.Count > 1) foreach (var p in Parts) { p.Weight.Dispose(); p.Bias?.Dispose(); }
         Weight.Dispose();
         Bias?.Dispose();

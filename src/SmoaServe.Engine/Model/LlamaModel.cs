@@ -22,6 +22,10 @@ public sealed class LlamaModel : IDisposable
     public IReadOnlyList<DecoderLayer> Layers { get; }
     public RmsNorm Norm { get; }
     public Tensor LmHead { get; }            // [vocab, hidden] (the same tensor as EmbedTokens when tied)
+    /// <summary>The CPU decode kernel over <see cref="LmHead"/>, or null (not a float32 CPU model).</summary>
+    public CpuGemv? LmHeadKernel { get; private set; }
+    /// <summary>How the weights streamed by decode are stored (float32 unless a CPU model was loaded with bf16 / int8).</summary>
+    public WeightStorage WeightStorage { get; private set; }
     public RotaryEmbedding Rotary { get; }
 
     private readonly List<Tensor> _owned = [];
@@ -31,7 +35,7 @@ public sealed class LlamaModel : IDisposable
     /// Builds the model from a weight source: <paramref name="weight"/>(Hugging Face name, expected shape) returns that
     /// tensor in the compute dtype on the device (the model takes ownership), or throws naming the missing key.
     /// </summary>
-    public LlamaModel(ModelConfig config, Device device, ScalarType dtype, Func<string, long[], Tensor> weight)
+    public LlamaModel(ModelConfig config, Device device, ScalarType dtype, Func<string, long[], Tensor> weight, WeightStorage weights = WeightStorage.Float32)
     {
         Config = config;
         Device = device;
@@ -72,6 +76,7 @@ public sealed class LlamaModel : IDisposable
             // Tied embeddings: lm_head is embed_tokens (HF ties them and omits lm_head.weight from the file).
             LmHead = config.TieWordEmbeddings ? EmbedTokens : Required("lm_head.weight", config.VocabSize, h);
             Rotary = new RotaryEmbedding(config.Rope, d, device);
+            UseCpuKernels(weights);
         }
         catch
         {
@@ -79,6 +84,26 @@ public sealed class LlamaModel : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Float32 CPU models decode through <see cref="CpuGemv"/> (every projection group and lm_head). With bfloat16 or
+    /// int8 storage the weights are rounded once here and the model's float32 weights hold the rounded values from then
+    /// on: the base model is the dequantized W everywhere (prefill, adapter anchors M_k, merges).
+    /// </summary>
+    private void UseCpuKernels(WeightStorage weights)
+    {
+        if (Device.type != DeviceType.CPU || Dtype != ScalarType.Float32)
+        {
+            if (weights != WeightStorage.Float32) throw new ArgumentException($"{weights} weight storage is for float32 models on the CPU");
+            return;
+        }
+        foreach (var f in _fused) f.UseKernel(weights);
+        LmHeadKernel = new CpuGemv(LmHead, null, weights);
+        WeightStorage = weights;
+    }
+
+    /// <summary>Bytes of weights the CPU decode kernels stream per step (storage dtype, int8 scales included); 0 without kernels.</summary>
+    public long StreamedWeightBytes => (LmHeadKernel?.WeightBytes ?? 0) + _fused.Sum(f => f.Kernel?.WeightBytes ?? 0);
 
     private FusedLinear OwnFused(FusedLinear f)
     {
@@ -113,7 +138,7 @@ public sealed class LlamaModel : IDisposable
             if (info.DType is not ("F32" or "BF16" or "F16" or "F64"))
                 throw new InvalidDataException($"{files.FileOf(name).Path}: tensor '{name}' has dtype {info.DType}; weights must be F32, BF16 or F16");
             return files.Read(name, dtype, device);
-        }) { Directory = dir };
+        }, options.Weights) { Directory = dir };
     }
 
     /// <summary>Weight of one projection, [out, in], compute dtype, on the model's device. Owned by the model.</summary>
@@ -134,6 +159,24 @@ public sealed class LlamaModel : IDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(g)),
         };
     }
+
+    /// <summary>The base GEMM of one projection group, x [B, T, in] → [B, T, Σ out] (no adapters): what a decode step streams.</summary>
+    public Tensor ProjectionGroupForward(int layer, ProjectionGroup g, Tensor x)
+    {
+        if (layer < 0 || layer >= Layers.Count) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} of {Layers.Count}");
+        var l = Layers[layer];
+        var fused = g switch
+        {
+            ProjectionGroup.Qkv => l.Attention.Qkv, ProjectionGroup.O => l.Attention.OGroup,
+            ProjectionGroup.GateUp => l.Mlp.GateUp, ProjectionGroup.Down => l.Mlp.DownGroup,
+            _ => throw new ArgumentOutOfRangeException(nameof(g)),
+        };
+        return fused.Forward(x, null);
+    }
+
+    /// <summary>lm_head over final hidden states [B, T, hidden] → logits [B, T, vocab].</summary>
+    public Tensor LmHeadForward(Tensor h) =>
+        LmHeadKernel is { } k && CpuGemv.Enabled && k.Accepts(h) ? k.Forward(h) : F.linear(h, LmHead);
 
     public Linear ProjectionLinear(int layer, Projection p)
     {
@@ -176,7 +219,7 @@ public sealed class LlamaModel : IDisposable
         if (outputPositions is not null) h = h.gather(1, outputPositions.view(-1, 1, 1).expand(h.shape[0], 1, h.shape[2]));   // [B, 1, hidden]
         else if (lastTokenOnly) h = h.narrow(1, h.shape[1] - 1, 1);
         h = Norm.Forward(h);
-        return F.linear(h, LmHead);                 // [B, T, vocab]
+        return LmHeadForward(h);                    // [B, T, vocab]
     }
 
     private Tensor Embed(Tensor ids) // [B, T] → [B, T, hidden]
@@ -197,6 +240,7 @@ public sealed class LlamaModel : IDisposable
         _owned.Clear();
         foreach (var f in _fused) f.Dispose();
         _fused.Clear();
+        LmHeadKernel?.Dispose();
         Rotary?.InvFreq.Dispose();
     }
 }

@@ -69,7 +69,7 @@ public static class SyntheticLlama
             var w = torch.randn(shape, ScalarType.Float32, device, generator: generator);
             w = name.EndsWith("norm.weight", StringComparison.Ordinal) ? w.mul_(0.1).add_(1.0) : w.mul_(0.02);
             return w.to(dtype, device).MoveToOuterDisposeScope();
-        });
+        }, options.Weights);
     }
 
     /// <summary>Parameter count of a Llama with this config (embeddings and lm_head counted separately unless tied).</summary>

@@ -170,12 +170,10 @@ public sealed class ModelRunner : IModelRunner
         var positions = ToDevice(rows.Select(r => (long)r.Position).ToArray());             // [B]
         var slots = ToDevice(rows.Select(r => (long)r.Slot).ToArray());                     // [B]
         var (cos, sin) = _model.Rotary.CosSin(positions.view(b, 1), _model.Dtype);
-        var mask = DecodeMask(positions, length);
         var state = new ForwardState
         {
             Cos = cos, Sin = sin,
-            Mask = mask,
-            AttentionBias = torch.zeros(mask.shape, _model.Dtype, _model.Device).masked_fill_(mask.logical_not(), double.NegativeInfinity),
+            AttentionBias = DecodeBias(rows, length),
             Cache = _cache.ForDecode(slots, positions, length, ConsecutiveFirstSlot(rows)),
             Adapters = adapters,
         };
@@ -242,11 +240,15 @@ public sealed class ModelRunner : IModelRunner
         return keys.unsqueeze(0).le(queries.unsqueeze(1)).view(1, 1, t, start + t);
     }
 
-    /// <summary>[B, 1, 1, L]: row b may attend to keys 0..positions[b].</summary>
-    private Tensor DecodeMask(Tensor positions, int length)
+    /// <summary>[B, 1, 1, L] additive bias in the compute dtype: 0 where row b may attend (keys 0..position b), -inf after; built on the host, one copy.</summary>
+    private Tensor DecodeBias(IReadOnlyList<DecodeRow> rows, int length)
     {
-        var keys = torch.arange(length, dtype: ScalarType.Int64, device: _model.Device);                // [L]
-        return keys.unsqueeze(0).le(positions.unsqueeze(1)).view(positions.shape[0], 1, 1, length);
+        var bias = new float[rows.Count * length];
+        for (int i = 0; i < rows.Count; i++)
+            bias.AsSpan(i * length + rows[i].Position + 1, length - rows[i].Position - 1).Fill(float.NegativeInfinity);
+        var t = torch.tensor(bias).view(rows.Count, 1, 1, length);
+        if (_model.Dtype != ScalarType.Float32) t = t.to_type(_model.Dtype);
+        return _model.Device.type == DeviceType.CPU ? t : t.to(_model.Device);
     }
 
     /// <summary>When rows use slots f, f+1, f+2, ... the cache can be read as a view.</summary>
