@@ -72,6 +72,7 @@ public sealed class Trainer : IDisposable
     private readonly TrainingData? _data;
     private readonly AdamW _optimizer;
     private readonly int _stepsPerEpoch;
+    private readonly string? _dataFingerprint;
     private (int Epoch, List<TokenizedExample[]> Rows)? _epochRows;
 
     public TrainingOptions Options { get; }
@@ -88,6 +89,7 @@ public sealed class Trainer : IDisposable
         _model = model;
         _trainable = trainable;
         _data = data;
+        _dataFingerprint = data?.Fingerprint();
         Options = options;
         _stepsPerEpoch = data?.StepsPerEpoch(options.BatchSize, options.Seed) ?? 0;
         TotalSteps = checked(_stepsPerEpoch * options.Epochs);
@@ -180,13 +182,25 @@ public sealed class Trainer : IDisposable
     /// </summary>
     public void SaveCheckpoint(string path)
     {
+        using var checkpoint = CaptureCheckpoint();
+        checkpoint.Write(path);
+    }
+
+    /// <summary>
+    /// The training state as CPU copies, taken on the training thread; <see cref="TrainingCheckpoint.Write"/> may then
+    /// run on any thread, so the file I/O of a checkpoint need not hold up the thread that trains (and serves).
+    /// </summary>
+    public TrainingCheckpoint CaptureCheckpoint()
+    {
         using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
         var tensors = new List<(string, Tensor)>();
         foreach (var p in _trainable.Parameters) tensors.Add(("param." + p.Name, p.Value.detach()));
         tensors.AddRange(_optimizer.StateTensors());
+        var copies = tensors.Select(t => (t.Item1, t.Item2.to(ScalarType.Float32).cpu().contiguous().clone().DetachFromDisposeScope())).ToList();
         var state = new CheckpointState(CompletedSteps, TotalSteps, _optimizer.Steps, JsonSerializer.Serialize(Options, Json),
-            _trainable.Describe(), _data?.Fingerprint());
-        SafeTensorsWriter.Write(path, tensors, new Dictionary<string, string>
+            _trainable.Describe(), _dataFingerprint);
+        return new TrainingCheckpoint(CompletedSteps, copies, new Dictionary<string, string>
         {
             ["format"] = CheckpointFormat,
             ["state"] = JsonSerializer.Serialize(state, Json),
@@ -208,7 +222,7 @@ public sealed class Trainer : IDisposable
         if (state.Options != JsonSerializer.Serialize(Options, Json))
             throw new InvalidDataException($"{path}: written with other training options ({state.Options}); resume with the same options");
         if (state.Trainable != _trainable.Describe()) throw new InvalidDataException($"{path}: written for another adapter (its method, rank, targets or layouts differ)");
-        if (state.Data != _data?.Fingerprint()) throw new InvalidDataException($"{path}: written for other training data");
+        if (state.Data != _dataFingerprint) throw new InvalidDataException($"{path}: written for other training data");
         if (state.CompletedSteps < 0 || state.CompletedSteps > TotalSteps && TotalSteps > 0)
             throw new InvalidDataException($"{path}: {state.CompletedSteps} completed steps of {TotalSteps}");
 
@@ -236,4 +250,18 @@ public sealed class Trainer : IDisposable
     public void Dispose() => _optimizer.Dispose();
 
     private sealed record CheckpointState(int CompletedSteps, int TotalSteps, long[] AdamSteps, string Options, string Trainable, string? Data);
+}
+
+/// <summary>A captured training state (CPU tensors it owns); written as one safetensors file, atomically.</summary>
+public sealed class TrainingCheckpoint(int completedSteps, List<(string Name, Tensor Value)> tensors, Dictionary<string, string> metadata) : IDisposable
+{
+    public int CompletedSteps { get; } = completedSteps;
+
+    /// <summary>Temporary file, fsync, rename: a crash leaves the previous file intact.</summary>
+    public void Write(string path) => SafeTensorsWriter.Write(path, tensors, metadata);
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in tensors) t.Dispose();
+    }
 }
