@@ -15,7 +15,8 @@ namespace SmoaServe.Server;
 /// <summary>
 /// Runs fine-tuning jobs, one at a time, in the serving process. A job's files are validated line by line
 /// (validating_files → queued), then it trains (running) on the served base: each optimizer step is one work item on the
-/// model thread, between two scheduler steps, so decoding goes on while a job runs. Every
+/// model thread, between two scheduler steps, so decoding goes on while a job runs, and while requests are in flight the job leaves the model thread to them for
+/// part of the time (<see cref="ServerOptions.FineTuneServingShare"/>). Every
 /// <see cref="ServerOptions.FineTuneCheckpointSteps"/> steps the training state is captured there and written off it
 /// (temp + fsync + rename); after a crash or restart a job found running resumes from its last checkpoint, or from its
 /// first step when none was written, and a checkpoint that cannot be used fails the job with a reason. On success the
@@ -193,6 +194,7 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
                 stopping.ThrowIfCancellationRequested();   // left running: resumed from its checkpoint at the next start
                 var step = await engine.RunOnDeviceAsync(_ => trainer.Step());
                 tokens += step.Tokens;
+                await YieldToServingAsync(step.Seconds, stopping);
                 bool checkpointNow = step.Step % _options.FineTuneCheckpointSteps == 0 && !trainer.Finished;
                 bool report = step.Step % every == 0 || trainer.Finished || checkpointNow;
                 if (!report) continue;
@@ -239,6 +241,15 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
                 return true;
             });
         }
+    }
+
+    /// <summary>While requests are in flight, leaves the model thread to them for a while after each training step
+    /// (<see cref="ServerOptions.FineTuneServingShare"/>).</summary>
+    private async Task YieldToServingAsync(double stepSeconds, CancellationToken stopping)
+    {
+        double share = _options.FineTuneServingShare;
+        if (share >= 1 || engine.Scheduler.InFlight == 0) return;
+        await Task.Delay(TimeSpan.FromSeconds(Math.Min(stepSeconds * (1 - share) / share, 10)), stopping);
     }
 
     /// <summary>Writes the adapter into a staging folder and stores it through the upload path (validated, catalogued, registered).</summary>

@@ -54,6 +54,12 @@ public sealed class ServerOptions
     public int FineTuneMaxSequenceLength { get; set; } = 2048;
     /// <summary>Fine-tuning: about this many metrics events per job (every step for shorter jobs).</summary>
     public int FineTuneMetricsEvents { get; set; } = 200;
+    /// <summary>
+    /// Fine-tuning: the share of the model thread a job takes while requests are being served. After a training step of
+    /// t seconds the job waits t·(1 − share)/share before its next one, so decode steps run in between; with no request
+    /// in flight it does not wait. 1: no waiting (training steps back to back, between single decode steps).
+    /// </summary>
+    public double FineTuneServingShare { get; set; } = 0.5;
     public int FineTuneMaxLineChars { get; set; } = 1 << 20;
     public int FineTuneMaxLines { get; set; } = 1_000_000;
 
@@ -79,6 +85,7 @@ public sealed class ServerOptions
         if (FineTuneMicroBatchSize < 1) problems.Add($"FineTuneMicroBatchSize must be >= 1 (got {FineTuneMicroBatchSize})");
         if (FineTuneMaxSequenceLength < 2) problems.Add($"FineTuneMaxSequenceLength must be >= 2 (got {FineTuneMaxSequenceLength})");
         if (FineTuneMetricsEvents < 1) problems.Add($"FineTuneMetricsEvents must be >= 1 (got {FineTuneMetricsEvents})");
+        if (!(FineTuneServingShare > 0 && FineTuneServingShare <= 1)) problems.Add($"FineTuneServingShare must be in (0, 1] (got {FineTuneServingShare})");
         if (FineTuneMaxLineChars < 1 || FineTuneMaxLines < 1) problems.Add("FineTuneMaxLineChars and FineTuneMaxLines must be >= 1");
         if (RetryAfterSeconds < 0) problems.Add($"RetryAfterSeconds must be >= 0 (got {RetryAfterSeconds})");
         if (!(AdaptersPollSeconds > 0)) problems.Add($"AdaptersPollSeconds must be > 0 (got {AdaptersPollSeconds})");
