@@ -49,7 +49,7 @@ internal static class TrainServingBench
             o.AdaptersDir = Path.Combine(data, "no-adapters");
             o.FineTuneMicroBatchSize = micro;
             o.FineTuneCheckpointSteps = 1_000_000;
-            o.FineTuneMetricsEvents = 1_000_000;   // a metrics event per step
+            o.FineTuneMetricsEvents = 1000;   // the job's trained_tokens advance every 8 steps
             o.FineTuneServingShare = a.GetDouble("serving-share", 0.5);
         }, null, o =>
         {
@@ -74,14 +74,19 @@ internal static class TrainServingBench
 
             string jobId = StartJob(http, baseId, method, a, examples, batch);
             WaitForStatus(http, jobId, "running");
+            var (tokens0, clock0) = Progress(http, jobId);
             var busy = ServeBench.RunLoad(http, models, clients, requests, maxTokens, prompt).GetAwaiter().GetResult();
-            var trainingRates = Metrics(http, jobId).Select(m => m["tokens_per_s"]!.GetValue<double>()).ToList();
-            string status = Status(http, jobId);
+            var (tokens1, clock1) = Progress(http, jobId);
+            Thread.Sleep(TimeSpan.FromSeconds(Math.Clamp(clock1 - clock0, 1, 10)));   // the job alone for as long as the load took
+            var (tokens2, clock2) = Progress(http, jobId);
+            var stepRates = Metrics(http, jobId).Select(m => m["tokens_per_s"]!.GetValue<double>()).OrderBy(x => x).ToList();
             http.PostAsync($"/v1/fine_tuning/jobs/{jobId}/cancel", null).GetAwaiter().GetResult();
             log.WriteLine($"with a job:  {busy}");
-            double trainingTokensPerS = trainingRates.Count > 0 ? trainingRates.OrderBy(x => x).ElementAt(trainingRates.Count / 2) : double.NaN;
+            double trainingWhileServing = (tokens1 - tokens0) / (clock1 - clock0), trainingAlone = (tokens2 - tokens1) / (clock2 - clock1);
+            double stepRate = stepRates.Count > 0 ? stepRates[stepRates.Count / 2] : double.NaN;
             log.WriteLine($"inter-token latency p50 {idle.ItlP50Ms:F1} → {busy.ItlP50Ms:F1} ms (x{busy.ItlP50Ms / idle.ItlP50Ms:F2}), p99 {idle.ItlP99Ms:F1} → {busy.ItlP99Ms:F1} ms (x{busy.ItlP99Ms / idle.ItlP99Ms:F2}); " +
-                          $"serving {idle.TokensPerSecond:F1} → {busy.TokensPerSecond:F1} tok/s; the job trained at {trainingTokensPerS:F0} tokens/s (median of {trainingRates.Count} steps, status {status} at the end of the load)");
+                          $"serving {idle.TokensPerSecond:F1} → {busy.TokensPerSecond:F1} tok/s; the job trained {trainingWhileServing:F0} tokens/s during the load, " +
+                          $"{trainingAlone:F0} tokens/s alone afterwards ({stepRate:F0} tokens/s within a step, median)");
             if (json)
                 Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
                 {
@@ -89,7 +94,8 @@ internal static class TrainServingBench
                     ["itl_p50_ms_training"] = Math.Round(busy.ItlP50Ms, 2), ["itl_p99_ms_training"] = Math.Round(busy.ItlP99Ms, 2),
                     ["itl_p50_ratio"] = Math.Round(busy.ItlP50Ms / idle.ItlP50Ms, 3), ["itl_p99_ratio"] = Math.Round(busy.ItlP99Ms / idle.ItlP99Ms, 3),
                     ["serving_tokens_per_s_idle"] = Math.Round(idle.TokensPerSecond, 1), ["serving_tokens_per_s_training"] = Math.Round(busy.TokensPerSecond, 1),
-                    ["training_tokens_per_s"] = Math.Round(trainingTokensPerS, 1), ["training_steps_measured"] = trainingRates.Count,
+                    ["training_tokens_per_s_while_serving"] = Math.Round(trainingWhileServing, 1), ["training_tokens_per_s_alone"] = Math.Round(trainingAlone, 1),
+                    ["training_tokens_per_s_within_step"] = Math.Round(stepRate, 1),
                     ["errors"] = idle.Errors + busy.Errors, ["method"] = method, ["batch_size"] = batch, ["micro_batch_size"] = micro, ["serving_share"] = a.GetDouble("serving-share", 0.5),
                 }));
             return 0;
@@ -143,6 +149,13 @@ internal static class TrainServingBench
         }
         // its first step has run, so the load meets the job in its steady state
         while (Metrics(http, jobId).Count == 0) Thread.Sleep(50);
+    }
+
+    /// <summary>The job's trained tokens (advanced at its metrics events) and the time they were read.</summary>
+    private static (double Tokens, double Seconds) Progress(HttpClient http, string jobId)
+    {
+        var job = JsonNode.Parse(http.GetStringAsync($"/v1/fine_tuning/jobs/{jobId}").GetAwaiter().GetResult())!;
+        return ((double?)job["trained_tokens"] ?? 0, Stopwatch.GetTimestamp() / (double)Stopwatch.Frequency);
     }
 
     private static List<JsonNode> Metrics(HttpClient http, string jobId) =>
