@@ -56,7 +56,8 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
     /// <summary>Jobs the previous process left running go back to the queue (they resume from their checkpoint); partial uploads are deleted.</summary>
     private void Recover()
     {
-        jobs.Files.Reconcile(jobs.Store.ListFiles(null, null, 10_000_000).Items.Select(f => f.Path));
+        jobs.Files.Reconcile(jobs.Store.ListFiles(null, null, 10_000_000).Items.Select(f => f.Path),
+            System.Diagnostics.Process.GetCurrentProcess().StartTime.ToUniversalTime());
         foreach (var job in jobs.Store.JobsIn(JobStatus.Running))
         {
             bool resumable = File.Exists(CheckpointPath(job.Id));
@@ -105,6 +106,12 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
         catch (JobFailure f)
         {
             Fail(job.Id, f.Code, f.Message, f.Param);
+            return null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            log.LogError(e, "validating the files of {Job} failed", job.Id);
+            Fail(job.Id, "validation_error", "The files could not be validated: " + e.Message, "training_file");
             return null;
         }
     }
@@ -234,12 +241,16 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
         }
         finally
         {
-            await engine.RunOnDeviceAsync(_ =>
+            try
             {
-                trainer.Dispose();
-                trainable.Dispose();
-                return true;
-            });
+                await engine.RunOnDeviceAsync(_ =>
+                {
+                    trainer.Dispose();
+                    trainable.Dispose();
+                    return true;
+                });
+            }
+            catch (InvalidOperationException) { /* the engine is shut down; its tensors go with the process */ }
         }
     }
 

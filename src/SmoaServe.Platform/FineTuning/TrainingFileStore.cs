@@ -41,12 +41,15 @@ public sealed class TrainingFileStore
         try { if (IsInside(path)) File.Delete(path); } catch (IOException) { /* removed by the next Reconcile */ }
     }
 
-    /// <summary>Deletes temporary files and files that no row names (<paramref name="known"/>: the paths of stored files).</summary>
-    public void Reconcile(IEnumerable<string> known)
+    /// <summary>
+    /// Deletes temporary files and files that no row names (<paramref name="known"/>: the paths of stored files), last
+    /// written before <paramref name="olderThanUtc"/> (uploads of the running process are left alone).
+    /// </summary>
+    public void Reconcile(IEnumerable<string> known, DateTime olderThanUtc)
     {
         var keep = new HashSet<string>(known.Select(Path.GetFullPath), StringComparer.Ordinal);
         foreach (var file in Directory.EnumerateFiles(Root))
-            if (!keep.Contains(Path.GetFullPath(file))) Delete(file);
+            if (!keep.Contains(Path.GetFullPath(file)) && File.GetLastWriteTimeUtc(file) < olderThanUtc) Delete(file);
     }
 
     private bool IsInside(string path) => Path.GetFullPath(path).StartsWith(Root + Path.DirectorySeparatorChar, StringComparison.Ordinal);
