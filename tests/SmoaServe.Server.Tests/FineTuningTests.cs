@@ -144,7 +144,7 @@ public sealed class FineTuningTests(FineTuningFixture fx, ITestOutputHelper outp
         string file = await UploadFile(fx.TenantKey, CodeWords);
         int baseline = await CountCorrect(fx.TenantKey, "llama-a");
 
-        var job = await CreateJob(new { model = "llama-a", training_file = file, suffix = "codes", seed = 7, tenant = "acme", metadata = new { purpose = "test" }, method = SmoaMethod(60) });
+        var job = await CreateJob(new { model = "llama-a", training_file = file, validation_file = file, suffix = "codes", seed = 7, tenant = "acme", metadata = new { purpose = "test" }, method = SmoaMethod(60) });
         string id = (string)job["id"]!;
         Assert.Equal("validating_files", (string?)job["status"]);
         Assert.Equal(60, (int)job["method"]!["smoa"]!["hyperparameters"]!["n_epochs"]!);
@@ -157,6 +157,7 @@ public sealed class FineTuningTests(FineTuningFixture fx, ITestOutputHelper outp
         {
             await Api.Complete(fx.TenantKey, "llama-a", "code 3", 2);
             servedWhileTraining++;
+            await Task.Delay(50);
         }
         var done = await WaitFor(id, s => s is "succeeded" or "failed" or "cancelled");
         Assert.True((string?)done["status"] == "succeeded", done.ToJsonString());
@@ -182,6 +183,11 @@ public sealed class FineTuningTests(FineTuningFixture fx, ITestOutputHelper outp
         Assert.True(baseline <= 2, $"base answered {baseline} of 16");
         Assert.True(servedWhileTraining > 0, "no completion was served while the job was running");
         Assert.Equal([40, 20], checkpoints.Body!["data"]!.AsArray().Select(c => (int)c!["step_number"]!));
+        // validation loss at the checkpoints and at the end (the validation file is the training file here)
+        var validLosses = events.Where(e => (string?)e["type"] == "metrics" && e["data"]!["valid_loss"] is not null)
+            .Select(e => ((int)e["data"]!["step"]!, (double)e["data"]!["valid_loss"]!)).ToList();
+        Assert.Equal([20, 40, 60], validLosses.Select(v => v.Item1));
+        Assert.True(validLosses[^1].Item2 < losses[0].Item2 / 2, $"validation loss {validLosses[^1].Item2}");
         Assert.Contains(events, e => ((string?)e["message"])!.Contains("New fine-tuned model created: " + adapter));
         // the tenant reads its own job; another tenant does not see it
         Assert.Equal(HttpStatusCode.OK, (await Api.Send(HttpMethod.Get, $"/v1/fine_tuning/jobs/{id}", fx.TenantKey)).Status);
