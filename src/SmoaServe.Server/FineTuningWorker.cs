@@ -14,7 +14,7 @@ namespace SmoaServe.Server;
 
 /// <summary>
 /// Runs fine-tuning jobs, one at a time, in the serving process. A job's files are validated line by line
-/// (validating_files → queued), then it trains (running) on the served base: each optimizer step is one work item on the
+/// (validating_files → queued), then it trains (running) on the served base: each micro-batch of an optimizer step is one work item on the
 /// model thread, between two scheduler steps, so decoding goes on while a job runs, and while requests are in flight the job leaves the model thread to them for
 /// part of the time (<see cref="ServerOptions.FineTuneServingShare"/>). Every
 /// <see cref="ServerOptions.FineTuneCheckpointSteps"/> steps the training state is captured there and written off it
@@ -199,7 +199,7 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
             {
                 if (cancel.IsCancellationRequested) break;
                 stopping.ThrowIfCancellationRequested();   // left running: resumed from its checkpoint at the next start
-                var step = await engine.RunOnDeviceAsync(_ => trainer.Step());
+                var step = await StepInSlicesAsync(trainer);
                 tokens += step.Tokens;
                 await YieldToServingAsync(step.Seconds, stopping);
                 bool checkpointNow = step.Step % _options.FineTuneCheckpointSteps == 0 && !trainer.Finished;
@@ -252,6 +252,26 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
             }
             catch (InvalidOperationException) { /* the engine is shut down; its tensors go with the process */ }
         }
+    }
+
+    /// <summary>
+    /// One optimizer step, one micro-batch per model-thread work item (decode steps run between them); the update in a
+    /// last item. A step abandoned by an error leaves nothing behind: the next step clears the gradients.
+    /// </summary>
+    private async Task<StepResult> StepInSlicesAsync(Trainer trainer)
+    {
+        var pieces = await engine.RunOnDeviceAsync(_ =>
+        {
+            var p = trainer.BeginStep();
+            trainer.StepPiece(p);
+            return p;
+        });
+        try
+        {
+            while (!pieces.Done) await engine.RunOnDeviceAsync(_ => { trainer.StepPiece(pieces); return true; });
+            return await engine.RunOnDeviceAsync(_ => trainer.FinishStep(pieces));
+        }
+        finally { pieces.Dispose(); }
     }
 
     /// <summary>While requests are in flight, leaves the model thread to them for a while after each training step
