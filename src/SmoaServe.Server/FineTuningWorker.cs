@@ -199,9 +199,8 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
             {
                 if (cancel.IsCancellationRequested) break;
                 stopping.ThrowIfCancellationRequested();   // left running: resumed from its checkpoint at the next start
-                var step = await StepInSlicesAsync(trainer);
+                var step = await StepInSlicesAsync(trainer, stopping);
                 tokens += step.Tokens;
-                await YieldToServingAsync(step.Seconds, stopping);
                 bool checkpointNow = step.Step % _options.FineTuneCheckpointSteps == 0 && !trainer.Finished;
                 bool report = step.Step % every == 0 || trainer.Finished || checkpointNow;
                 if (!report) continue;
@@ -258,7 +257,7 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
     /// One optimizer step, one micro-batch per model-thread work item (decode steps run between them); the update in a
     /// last item. A step abandoned by an error leaves nothing behind: the next step clears the gradients.
     /// </summary>
-    private async Task<StepResult> StepInSlicesAsync(Trainer trainer)
+    private async Task<StepResult> StepInSlicesAsync(Trainer trainer, CancellationToken stopping)
     {
         var pieces = await engine.RunOnDeviceAsync(_ =>
         {
@@ -268,14 +267,22 @@ public sealed class FineTuningWorker(FineTuningService jobs, EngineHost engine, 
         });
         try
         {
-            while (!pieces.Done) await engine.RunOnDeviceAsync(_ => { trainer.StepPiece(pieces); return true; });
-            return await engine.RunOnDeviceAsync(_ => trainer.FinishStep(pieces));
+            double before = 0;
+            while (!pieces.Done)
+            {
+                await YieldToServingAsync(pieces.Seconds - before, stopping);
+                before = pieces.Seconds;
+                await engine.RunOnDeviceAsync(_ => { trainer.StepPiece(pieces); return true; });
+            }
+            var step = await engine.RunOnDeviceAsync(_ => trainer.FinishStep(pieces));
+            await YieldToServingAsync(step.Seconds - before, stopping);
+            return step;
         }
         finally { pieces.Dispose(); }
     }
 
-    /// <summary>While requests are in flight, leaves the model thread to them for a while after each training step
-    /// (<see cref="ServerOptions.FineTuneServingShare"/>).</summary>
+    /// <summary>While requests are in flight, leaves the model thread to them for a while after each piece of training
+    /// work of <paramref name="stepSeconds"/> (<see cref="ServerOptions.FineTuneServingShare"/>).</summary>
     private async Task YieldToServingAsync(double stepSeconds, CancellationToken stopping)
     {
         double share = _options.FineTuneServingShare;

@@ -55,8 +55,8 @@ public sealed class ServerOptions
     /// <summary>Fine-tuning: about this many metrics events per job (every step for shorter jobs).</summary>
     public int FineTuneMetricsEvents { get; set; } = 200;
     /// <summary>
-    /// Fine-tuning: the share of the model thread a job takes while requests are being served. After a training step of
-    /// t seconds the job waits t·(1 − share)/share before its next one, so decode steps run in between; with no request
+    /// Fine-tuning: the share of the model thread a job takes while requests are being served. After a piece of training
+    /// work (one micro-batch) of t seconds the job waits t·(1 − share)/share before its next one, so decode steps run in between; with no request
     /// in flight it does not wait. 1: no waiting (training steps back to back, between single decode steps).
     /// </summary>
     public double FineTuneServingShare { get; set; } = 0.5;

@@ -363,8 +363,8 @@ public sealed class StepPieces : IDisposable
     internal long Scored { get; set; }
     internal double LossSum { get; set; }
     internal long Correct { get; set; }
-    /// <summary>Time spent in this step's own pieces (not between them).</summary>
-    internal double Seconds { get; set; }
+    /// <summary>Time spent in this step's own pieces so far (not between them).</summary>
+    public double Seconds { get; internal set; }
 
     /// <summary>Micro-batches in the step.</summary>
     public int Count => Batches.Count;
