@@ -44,6 +44,25 @@ public sealed class ServerOptions
     /// <summary>Retry-After seconds sent with 429.</summary>
     public int RetryAfterSeconds { get; set; } = 1;
 
+    /// <summary>Largest file accepted by POST /v1/files.</summary>
+    public long MaxFileBytes { get; set; } = 256L << 20;
+    /// <summary>Fine-tuning: a job's training state is checkpointed every this many optimizer steps.</summary>
+    public int FineTuneCheckpointSteps { get; set; } = 50;
+    /// <summary>Fine-tuning: rows per forward (gradients are accumulated up to the batch size); bounds a step's memory and model-thread time.</summary>
+    public int FineTuneMicroBatchSize { get; set; } = 8;
+    /// <summary>Fine-tuning: longest conversation in tokens (also bounded by the served context).</summary>
+    public int FineTuneMaxSequenceLength { get; set; } = 2048;
+    /// <summary>Fine-tuning: about this many metrics events per job (every step for shorter jobs).</summary>
+    public int FineTuneMetricsEvents { get; set; } = 200;
+    /// <summary>
+    /// Fine-tuning: the share of the model thread a job takes while requests are being served. After a piece of training
+    /// work (one micro-batch) of t seconds the job waits t·(1 − share)/share before its next one, so decode steps run in between; with no request
+    /// in flight it does not wait. 1: no waiting (training steps back to back, between single decode steps).
+    /// </summary>
+    public double FineTuneServingShare { get; set; } = 0.5;
+    public int FineTuneMaxLineChars { get; set; } = 1 << 20;
+    public int FineTuneMaxLines { get; set; } = 1_000_000;
+
     public string ResolveAdminKey() => string.IsNullOrEmpty(AdminKey) ? Environment.GetEnvironmentVariable("SMOA_ADMIN_KEY") ?? "" : AdminKey;
 
     public string ResolveBaseModelId(EngineOptions engine) =>
@@ -61,6 +80,13 @@ public sealed class ServerOptions
         if (MaxUploadBytes < 1 || MaxUploadBytes > Engine.Adapters.AdapterFiles.MaxWeightsBytes)
             problems.Add($"MaxUploadBytes must be between 1 and {Engine.Adapters.AdapterFiles.MaxWeightsBytes} (got {MaxUploadBytes})");
         if (ShutdownTimeoutSeconds < 0) problems.Add($"ShutdownTimeoutSeconds must be >= 0 (got {ShutdownTimeoutSeconds})");
+        if (MaxFileBytes < 1) problems.Add($"MaxFileBytes must be >= 1 (got {MaxFileBytes})");
+        if (FineTuneCheckpointSteps < 1) problems.Add($"FineTuneCheckpointSteps must be >= 1 (got {FineTuneCheckpointSteps})");
+        if (FineTuneMicroBatchSize < 1) problems.Add($"FineTuneMicroBatchSize must be >= 1 (got {FineTuneMicroBatchSize})");
+        if (FineTuneMaxSequenceLength < 2) problems.Add($"FineTuneMaxSequenceLength must be >= 2 (got {FineTuneMaxSequenceLength})");
+        if (FineTuneMetricsEvents < 1) problems.Add($"FineTuneMetricsEvents must be >= 1 (got {FineTuneMetricsEvents})");
+        if (!(FineTuneServingShare > 0 && FineTuneServingShare <= 1)) problems.Add($"FineTuneServingShare must be in (0, 1] (got {FineTuneServingShare})");
+        if (FineTuneMaxLineChars < 1 || FineTuneMaxLines < 1) problems.Add("FineTuneMaxLineChars and FineTuneMaxLines must be >= 1");
         if (RetryAfterSeconds < 0) problems.Add($"RetryAfterSeconds must be >= 0 (got {RetryAfterSeconds})");
         if (!(AdaptersPollSeconds > 0)) problems.Add($"AdaptersPollSeconds must be > 0 (got {AdaptersPollSeconds})");
         if (!AllowAnonymous && string.IsNullOrEmpty(ResolveAdminKey()))

@@ -4,6 +4,7 @@ using Serilog;
 using Serilog.Events;
 using SmoaServe.Engine.Hosting;
 using SmoaServe.Platform.Adapters;
+using SmoaServe.Platform.FineTuning;
 using SmoaServe.Platform.Storage;
 using SmoaServe.Platform.Tenants;
 
@@ -74,6 +75,9 @@ public static class SmoaServer
             sp.GetRequiredService<ServerStatus>().BaseModelId, sp.GetRequiredService<AdapterFileStore>(), sp.GetRequiredService<IPlatformStore>()));
         services.AddSingleton(sp => new TenantService(sp.GetRequiredService<IPlatformStore>(), sp.GetRequiredService<AdapterService>()));
         services.AddSingleton<TenantLimiter>();
+        services.AddSingleton(sp => new TrainingFileStore(sp.GetRequiredService<IOptions<EngineOptions>>().Value.DataDirectory));
+        services.AddSingleton(sp => new FineTuningService((IFineTuningStore)sp.GetRequiredService<IPlatformStore>(),
+            sp.GetRequiredService<TrainingFileStore>(), sp.GetRequiredService<IPlatformStore>()));
         services.AddSingleton<IApiKeyValidator>(sp => sp.GetRequiredService<IOptions<ServerOptions>>().Value is var o && o.AllowAnonymous
             ? new AnonymousValidator() : new TenantKeyValidator(new AdminKeyValidator(o.ResolveAdminKey()), sp.GetRequiredService<TenantService>()));
         services.AddSingleton<OutputVocabulary>();
@@ -82,6 +86,7 @@ public static class SmoaServer
         services.AddSingleton<AdapterDirectoryWatcher>();
         services.AddHostedService(sp => sp.GetRequiredService<AdapterDirectoryWatcher>());
         services.AddHostedService<MemoryReclaimer>();
+        services.AddHostedService<FineTuningWorker>();
         services.AddOpenApi();
 
         var app = builder.Build();
@@ -110,6 +115,7 @@ public static class SmoaServer
         metrics.Routing.Attach(metrics.Registry, app.Services.GetRequiredService<EngineHost>(), app.Services.GetRequiredService<AdapterService>());
         Endpoints.Map(app);
         TenantEndpoints.Map(app, app.Services.GetRequiredService<IApiKeyValidator>());
+        FineTuningEndpoints.Map(app, app.Services.GetRequiredService<IApiKeyValidator>());
         return app;
     }
 

@@ -72,6 +72,7 @@ public sealed class Trainer : IDisposable
     private readonly TrainingData? _data;
     private readonly AdamW _optimizer;
     private readonly int _stepsPerEpoch;
+    private readonly string? _dataFingerprint;
     private (int Epoch, List<TokenizedExample[]> Rows)? _epochRows;
 
     public TrainingOptions Options { get; }
@@ -88,6 +89,7 @@ public sealed class Trainer : IDisposable
         _model = model;
         _trainable = trainable;
         _data = data;
+        _dataFingerprint = data?.Fingerprint();
         Options = options;
         _stepsPerEpoch = data?.StepsPerEpoch(options.BatchSize, options.Seed) ?? 0;
         TotalSteps = checked(_stepsPerEpoch * options.Epochs);
@@ -137,20 +139,98 @@ public sealed class Trainer : IDisposable
         long correct = 0;
         foreach (var batch in microBatches)
         {
-            using var inner = NewDisposeScope();
-            var result = CausalLmLoss.Compute(_model, batch, _trainable.CreateHook());
-            if (batch.ScoredCount > 0) (result.Sum / scored).backward();
-            lossSum += result.Sum.item<float>();
-            correct += result.Correct.item<long>();
+            var (loss, right) = Accumulate(batch, scored);
+            lossSum += loss;
+            correct += right;
         }
         afterBackward?.Invoke();
+        return Update(lossSum, correct, scored, microBatches.Sum(b => b.Tokens), learningRate, 0) with { Seconds = clock.Elapsed.TotalSeconds };
+    }
+
+    /// <summary>
+    /// The next step of the training data, taken in pieces: this call picks the batch and clears the gradients; each
+    /// <see cref="StepPiece"/> runs one micro-batch's forward and backward (gradients accumulate); <see cref="FinishStep"/>
+    /// clips and updates. The same arithmetic as <see cref="Step()"/>, so a caller may run other work on the thread
+    /// between micro-batches (a server decoding between them). All pieces on the trainer's thread, in order.
+    /// </summary>
+    public StepPieces BeginStep()
+    {
+        if (_data is null) throw new InvalidOperationException("this trainer has no training data");
+        if (Finished) throw new InvalidOperationException($"training is finished ({TotalSteps} steps)");
+        int epoch = CompletedSteps / _stepsPerEpoch, index = CompletedSteps % _stepsPerEpoch;
+        if (_epochRows is not { } cached || cached.Epoch != epoch) _epochRows = cached = (epoch, _data.EpochRows(epoch, Options.Seed));
+        var rows = cached.Rows.Skip(index * Options.BatchSize).Take(Options.BatchSize).ToList();
+        var pieces = new StepPieces(epoch + 1, Schedule.At(CompletedSteps), CompletedSteps);
+        try
+        {
+            for (int start = 0; start < rows.Count; start += Options.EffectiveMicroBatchSize)
+            {
+                var micro = rows.Skip(start).Take(Options.EffectiveMicroBatchSize).ToList();
+                pieces.Batches.Add(_data.Packing
+                    ? TrainingBatch.Packed(micro, _model.Device, Options.PadTokenId)
+                    : TrainingBatch.Padded(micro.Select(r => r[0]).ToList(), _model.Device, Options.PadTokenId));
+            }
+        }
+        catch
+        {
+            pieces.Dispose();
+            throw;
+        }
+        pieces.Scored = pieces.Batches.Sum(b => b.ScoredCount);
+        ClearGradients();
+        return pieces;
+    }
+
+    /// <summary>One micro-batch of a step begun with <see cref="BeginStep"/>: forward and backward, gradients accumulated.</summary>
+    public void StepPiece(StepPieces pieces)
+    {
+        if (pieces.Done || pieces.Step != CompletedSteps) throw new InvalidOperationException("no micro-batch left in this step");
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        using (var scope = NewDisposeScope())
+        using (var gradMode = enable_grad())
+        {
+            var (loss, correct) = Accumulate(pieces.Batches[pieces.Next], pieces.Scored);
+            pieces.LossSum += loss;
+            pieces.Correct += correct;
+        }
+        pieces.Next++;
+        pieces.Seconds += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    /// <summary>Clips, updates and counts the step once every micro-batch has run; disposes the step's batches.</summary>
+    public StepResult FinishStep(StepPieces pieces)
+    {
+        if (!pieces.Done || pieces.Step != CompletedSteps) throw new InvalidOperationException("the step's micro-batches have not all run");
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var gradMode = enable_grad();
+            var result = Update(pieces.LossSum, pieces.Correct, pieces.Scored, pieces.Batches.Sum(b => b.Tokens), pieces.LearningRate, 0);
+            return result with { Epoch = pieces.Epoch, Seconds = pieces.Seconds + System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds };
+        }
+        finally { pieces.Dispose(); }
+    }
+
+    /// <summary>One micro-batch's forward and backward, its loss normalised by the whole batch's scored tokens; (loss sum, correct).</summary>
+    private (double Loss, long Correct) Accumulate(TrainingBatch batch, long scored)
+    {
+        using var inner = NewDisposeScope();
+        var result = CausalLmLoss.Compute(_model, batch, _trainable.CreateHook());
+        if (batch.ScoredCount > 0) (result.Sum / scored).backward();
+        return (result.Sum.item<float>(), result.Correct.item<long>());
+    }
+
+    /// <summary>Clipping, AdamW at <paramref name="learningRate"/> unless the gradient is not finite, and the step's count.</summary>
+    private StepResult Update(double lossSum, long correct, long scored, long tokens, double learningRate, double seconds)
+    {
         double norm = GradientClipping.ClipTotalNorm(_trainable.Parameters.Select(p => p.Value), Options.MaxGradNorm);
         bool skipped = !double.IsFinite(norm) || !double.IsFinite(lossSum);
         if (!skipped) _optimizer.Step(learningRate);
         ClearGradients();
         CompletedSteps++;
         return new StepResult(CompletedSteps, TotalSteps, 0, scored > 0 ? lossSum / scored : 0, scored > 0 ? (double)correct / scored : 0, norm,
-            learningRate, microBatches.Sum(b => b.Tokens), scored, clock.Elapsed.TotalSeconds, skipped);
+            learningRate, tokens, scored, seconds, skipped);
     }
 
     /// <summary>Mean loss and token accuracy over <paramref name="examples"/> (no gradients, padded batches in order).</summary>
@@ -180,13 +260,25 @@ public sealed class Trainer : IDisposable
     /// </summary>
     public void SaveCheckpoint(string path)
     {
+        using var checkpoint = CaptureCheckpoint();
+        checkpoint.Write(path);
+    }
+
+    /// <summary>
+    /// The training state as CPU copies, taken on the training thread; <see cref="TrainingCheckpoint.Write"/> may then
+    /// run on any thread, so the file I/O of a checkpoint need not hold up the thread that trains (and serves).
+    /// </summary>
+    public TrainingCheckpoint CaptureCheckpoint()
+    {
         using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
         var tensors = new List<(string, Tensor)>();
         foreach (var p in _trainable.Parameters) tensors.Add(("param." + p.Name, p.Value.detach()));
         tensors.AddRange(_optimizer.StateTensors());
+        var copies = tensors.Select(t => (t.Item1, t.Item2.to(ScalarType.Float32).cpu().contiguous().clone().DetachFromDisposeScope())).ToList();
         var state = new CheckpointState(CompletedSteps, TotalSteps, _optimizer.Steps, JsonSerializer.Serialize(Options, Json),
-            _trainable.Describe(), _data?.Fingerprint());
-        SafeTensorsWriter.Write(path, tensors, new Dictionary<string, string>
+            _trainable.Describe(), _dataFingerprint);
+        return new TrainingCheckpoint(CompletedSteps, copies, new Dictionary<string, string>
         {
             ["format"] = CheckpointFormat,
             ["state"] = JsonSerializer.Serialize(state, Json),
@@ -208,7 +300,7 @@ public sealed class Trainer : IDisposable
         if (state.Options != JsonSerializer.Serialize(Options, Json))
             throw new InvalidDataException($"{path}: written with other training options ({state.Options}); resume with the same options");
         if (state.Trainable != _trainable.Describe()) throw new InvalidDataException($"{path}: written for another adapter (its method, rank, targets or layouts differ)");
-        if (state.Data != _data?.Fingerprint()) throw new InvalidDataException($"{path}: written for other training data");
+        if (state.Data != _dataFingerprint) throw new InvalidDataException($"{path}: written for other training data");
         if (state.CompletedSteps < 0 || state.CompletedSteps > TotalSteps && TotalSteps > 0)
             throw new InvalidDataException($"{path}: {state.CompletedSteps} completed steps of {TotalSteps}");
 
@@ -236,4 +328,52 @@ public sealed class Trainer : IDisposable
     public void Dispose() => _optimizer.Dispose();
 
     private sealed record CheckpointState(int CompletedSteps, int TotalSteps, long[] AdamSteps, string Options, string Trainable, string? Data);
+}
+
+/// <summary>A captured training state (CPU tensors it owns); written as one safetensors file, atomically.</summary>
+public sealed class TrainingCheckpoint(int completedSteps, List<(string Name, Tensor Value)> tensors, Dictionary<string, string> metadata) : IDisposable
+{
+    public int CompletedSteps { get; } = completedSteps;
+
+    /// <summary>Temporary file, fsync, rename: a crash leaves the previous file intact.</summary>
+    public void Write(string path) => SafeTensorsWriter.Write(path, tensors, metadata);
+
+    public void Dispose()
+    {
+        foreach (var (_, t) in tensors) t.Dispose();
+    }
+}
+
+/// <summary>A step of <see cref="Trainer.BeginStep"/> in progress: its micro-batches (owned), how many have run, the sums so far.</summary>
+public sealed class StepPieces : IDisposable
+{
+    internal StepPieces(int epoch, double learningRate, int step)
+    {
+        Epoch = epoch;
+        LearningRate = learningRate;
+        Step = step;
+    }
+
+    internal List<TrainingBatch> Batches { get; } = [];
+    internal int Epoch { get; }
+    internal double LearningRate { get; }
+    /// <summary>Completed steps when it began (0-based index of this step).</summary>
+    internal int Step { get; }
+    internal int Next { get; set; }
+    internal long Scored { get; set; }
+    internal double LossSum { get; set; }
+    internal long Correct { get; set; }
+    /// <summary>Time spent in this step's own pieces so far (not between them).</summary>
+    public double Seconds { get; internal set; }
+
+    /// <summary>Micro-batches in the step.</summary>
+    public int Count => Batches.Count;
+    /// <summary>Every micro-batch has run; <see cref="Trainer.FinishStep"/> is next.</summary>
+    public bool Done => Next >= Batches.Count;
+
+    public void Dispose()
+    {
+        foreach (var b in Batches) b.Dispose();
+        Batches.Clear();
+    }
 }

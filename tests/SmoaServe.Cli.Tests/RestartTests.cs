@@ -15,7 +15,7 @@ public sealed class ServeProcess : IAsyncDisposable
     public Uri BaseAddress { get; }
     public HttpClient Http { get; }
 
-    private ServeProcess(string dataDir, int port)
+    private ServeProcess(string dataDir, int port, IReadOnlyDictionary<string, string>? environment)
     {
         BaseAddress = new Uri($"http://127.0.0.1:{port}");
         var start = new ProcessStartInfo("dotnet")
@@ -27,6 +27,7 @@ public sealed class ServeProcess : IAsyncDisposable
             start.ArgumentList.Add(a);
         start.Environment["SMOA_ADMIN_KEY"] = AdminKey;
         start.Environment["Serilog__MinimumLevel__Default"] = "Warning";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
         _process = Process.Start(start)!;
         _process.OutputDataReceived += (_, e) => { lock (_output) _output.AppendLine(e.Data); };
         _process.ErrorDataReceived += (_, e) => { lock (_output) _output.AppendLine(e.Data); };
@@ -37,9 +38,10 @@ public sealed class ServeProcess : IAsyncDisposable
 
     public string Output { get { lock (_output) return _output.ToString(); } }
 
-    public static async Task<ServeProcess> StartAsync(string dataDir)
+    /// <param name="environment">extra environment variables (e.g. Smoa__FineTuneCheckpointSteps)</param>
+    public static async Task<ServeProcess> StartAsync(string dataDir, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var p = new ServeProcess(dataDir, FreePort());
+        var p = new ServeProcess(dataDir, FreePort(), environment);
         var deadline = DateTime.UtcNow.AddSeconds(90);
         while (DateTime.UtcNow < deadline)
         {

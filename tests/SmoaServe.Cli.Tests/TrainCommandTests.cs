@@ -107,6 +107,22 @@ public sealed class TrainCommandTests
         Assert.Equal(7, root.GetProperty("target_modules").GetArrayLength());
     }
 
+    [Fact]
+    public void Bench_train_serving_reports_inter_token_latency_idle_and_with_a_job_running()
+    {
+        var (code, stdout, stderr) = Run("bench", "train", "--serving", "--model", LlamaA, "--clients", "2", "--requests", "4", "--max-tokens", "8",
+            "--examples", "16", "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout.Split('\n').Last(l => l.StartsWith("{\"itl", StringComparison.Ordinal)));
+        var root = json.RootElement;
+        Assert.Equal(0, root.GetProperty("errors").GetInt32());
+        foreach (var name in new[] { "itl_p50_ms_idle", "itl_p99_ms_idle", "itl_p50_ms_training", "itl_p99_ms_training", "serving_tokens_per_s_idle",
+                     "serving_tokens_per_s_training", "training_tokens_per_s_within_step" })
+            Assert.True(root.GetProperty(name).GetDouble() > 0, name);
+        double ratio = root.GetProperty("itl_p99_ms_training").GetDouble() / root.GetProperty("itl_p99_ms_idle").GetDouble();
+        Assert.InRange(root.GetProperty("itl_p99_ratio").GetDouble(), ratio * 0.98, ratio * 1.02);   // from the unrounded latencies
+    }
+
     private static (int Code, string Stdout, string Stderr) Run(params string[] args)
     {
         var stdout = new StringWriter();

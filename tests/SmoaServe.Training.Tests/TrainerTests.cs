@@ -39,6 +39,32 @@ public sealed class TrainerTests
         Assert.Contains(Enumerable.Range(0, first.Length), i => !first[i].SequenceEqual(other[i]));
     }
 
+    [Fact]
+    public void A_step_taken_in_pieces_with_other_work_between_them_is_the_same_step()
+    {
+        var straight = Train(BatchTests.SmoaAll, Options, Data());
+        using var adapter = TrainableAdapter.Create(Model, BatchTests.SmoaAll, Options.Seed);
+        using var trainer = new Trainer(Model, adapter, Options, Data());
+        var losses = new List<double>();
+        var counts = new List<int>();
+        while (!trainer.Finished)
+        {
+            using var pieces = trainer.BeginStep();
+            counts.Add(pieces.Count);
+            while (!pieces.Done)
+            {
+                trainer.StepPiece(pieces);
+                using (no_grad()) using (var scope = NewDisposeScope()) Model.Forward(tensor(new long[,] { { 1, 2, 3 } }));   // a decode between pieces
+            }
+            Assert.Throws<InvalidOperationException>(() => trainer.StepPiece(pieces));
+            losses.Add(trainer.FinishStep(pieces).Loss);
+        }
+        var pieced = Snapshot(adapter);
+        for (int i = 0; i < straight.Length; i++) Assert.Equal(straight[i], pieced[i]);
+        Assert.All(losses, l => Assert.True(l > 0));
+        Assert.Equal([2, 2, 1, 2, 2, 1], counts);   // batches of 4, 4, 2 examples in micro-batches of 2
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

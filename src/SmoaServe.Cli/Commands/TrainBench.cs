@@ -36,6 +36,8 @@ internal static class TrainBench
           --random-layout           (synthetic models) random SMoA block layouts of the right sizes instead of SVDs
           --gemm-size N             size of the square GEMM timed for the peak (default 2048 on cpu, 8192 on cuda)
           --json                    last line: {"{"}"tokens_per_s": x, "share_of_gemm_peak": y, ...{"}"}
+
+        {TrainServingBench.Usage}
         """;
 
     private static readonly string[] Options =
@@ -44,6 +46,7 @@ internal static class TrainBench
 
     public static int Run(string[] args)
     {
+        if (args.Contains("--serving")) return TrainServingBench.Run(args);
         var a = CliArgs.Parse(args, Options, ["json", "random-layout"]);
         if (a.Positionals.Count > 0) throw new UsageException($"unexpected argument '{a.Positionals[0]}'");
         if (a.Has("model") == a.Has("synthetic")) throw new UsageException("give exactly one of --model DIR and --synthetic SPEC");

@@ -13,7 +13,7 @@ namespace SmoaServe.Platform.Storage;
 /// <c>PRAGMA user_version</c>; a database newer than this build is refused. Every statement runs through a bounded
 /// retry for transient contention (SQLITE_BUSY / SQLITE_LOCKED).
 /// </summary>
-public sealed class SqlitePlatformStore : IPlatformStore
+public sealed partial class SqlitePlatformStore : IPlatformStore, FineTuning.IFineTuningStore
 {
     public const string FileName = "smoa.db";
 
@@ -52,6 +52,50 @@ public sealed class SqlitePlatformStore : IPlatformStore
             created_at INTEGER NOT NULL,
             PRIMARY KEY (owner, name)
         );
+        """,
+        // 2: files and fine-tuning jobs, their events and checkpoints (seq orders lists newest first)
+        """
+        CREATE TABLE files (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            path TEXT NOT NULL
+        );
+        CREATE INDEX files_owner ON files(owner);
+        CREATE TABLE fine_tuning_jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            job TEXT NOT NULL
+        );
+        CREATE INDEX fine_tuning_jobs_owner ON fine_tuning_jobs(owner);
+        CREATE INDEX fine_tuning_jobs_status ON fine_tuning_jobs(status);
+        CREATE TABLE fine_tuning_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            level TEXT NOT NULL,
+            type TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT
+        );
+        CREATE INDEX fine_tuning_events_job ON fine_tuning_events(job_id, seq);
+        CREATE TABLE fine_tuning_checkpoints (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            step INTEGER NOT NULL,
+            metrics TEXT NOT NULL
+        );
+        CREATE INDEX fine_tuning_checkpoints_job ON fine_tuning_checkpoints(job_id, seq);
         """,
     ];
 
