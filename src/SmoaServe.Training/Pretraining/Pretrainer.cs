@@ -29,7 +29,11 @@ public sealed record PretrainOptions
     public int MaxValidationExamples { get; init; } = 400;
     public int EvalEvery { get; init; } = 100;
     public int SaveEvery { get; init; } = 50;
-    /// <summary>Stop early (after saving) when this many minutes have passed; 0: no limit.</summary>
+    /// <summary>
+    /// Wall-clock budget in minutes (0: none). From a quarter of the budget on, the run is planned to end with the
+    /// budget at the measured pace (never beyond the requested steps) and the cosine decay is fitted to that end, so a
+    /// slow or shared machine still ends with an annealed model.
+    /// </summary>
     public double MaxMinutes { get; init; }
 }
 
@@ -157,13 +161,18 @@ public sealed class Pretrainer
             MaxGradNorm = 1.0, Beta1 = 0.9, Beta2 = 0.95, Seed = _o.Seed, PadTokenId = eos[1],
         };
         using var trainer = new Trainer(model, trainable, options);
-        var schedule = LearningRateSchedule.FromRatio(_o.LearningRate, _o.Steps, _o.WarmupRatio, LearningRateDecay.Cosine);
+        int warmupSteps = (int)Math.Ceiling(_o.Steps * _o.WarmupRatio);
+        int plannedSteps = _o.Steps;
+        double LearningRateAt(int step, int total) => step < warmupSteps ? _o.LearningRate * step / Math.Max(1, warmupSteps)
+            : _o.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1.0, (double)(step - warmupSteps) / Math.Max(1, total - warmupSteps))));
         string statePath = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir)) + ".pretrain-state.safetensors";
         if (File.Exists(statePath))
         {
             trainer.LoadCheckpoint(statePath);
             _log($"resumed at step {trainer.CompletedSteps} from {statePath}");
         }
+        int startStep = trainer.CompletedSteps;
+        var loopClock = System.Diagnostics.Stopwatch.StartNew();
 
         int rowsPerEpoch = data.EpochRows(0, _o.Seed).Count;
         _log($"training: {_o.Steps} steps of {_o.BatchSize} packed rows of ≤{_o.SequenceLength} tokens ({rowsPerEpoch} rows per epoch)");
@@ -173,24 +182,35 @@ public sealed class Pretrainer
         List<TokenizedExample[]>? rows = null;
         int rowsEpoch = -1;
         bool stoppedEarly = false;
-        while (trainer.CompletedSteps < _o.Steps)
+        while (trainer.CompletedSteps < plannedSteps)
         {
             int step = trainer.CompletedSteps;
             long first = (long)step * _o.BatchSize;
             int epoch = (int)(first / rowsPerEpoch);
             if (epoch != rowsEpoch) { rows = data.EpochRows(epoch, _o.Seed); rowsEpoch = epoch; }
             var batchRows = Enumerable.Range(0, _o.BatchSize).Select(i => rows![(int)((first + i) % rowsPerEpoch)]).ToList();
+            // From a quarter of the budget on, the planned steps follow the measured pace (at most the requested steps).
+            if (_o.MaxMinutes > 0 && step % 10 == 0 && step > startStep && clock.Elapsed.TotalMinutes >= _o.MaxMinutes / 4)
+            {
+                double perStep = loopClock.Elapsed.TotalSeconds / (step - startStep);
+                int fits = Math.Clamp(step + (int)((_o.MaxMinutes * 60 - clock.Elapsed.TotalSeconds) / perStep), step + 1, _o.Steps);
+                if (Math.Abs(fits - plannedSteps) > plannedSteps / 20)
+                {
+                    plannedSteps = fits;
+                    _log($"at {perStep:F2} s per step {plannedSteps} steps fit in {_o.MaxMinutes} min: the cosine decay now ends there");
+                }
+            }
             StepResult r;
             using (var batch = TrainingBatch.Packed(batchRows, model.Device, options.PadTokenId))
-                r = trainer.Step([batch], schedule.At(step));
+                r = trainer.Step([batch], LearningRateAt(step, plannedSteps));
             tokens += r.Tokens; lossSum += r.Loss; seconds += r.Seconds; trainSeconds += r.Seconds; window++;
             if (r.Step % 10 == 0 || r.Step == 1)
             {
-                _log($"step {r.Step}/{_o.Steps} epoch {epoch + 1} loss {lossSum / window:F3} lr {r.LearningRate:E2} grad {r.GradNorm:F2} {tokens / seconds:F0} tok/s{(r.Skipped ? " (skipped: non-finite gradient)" : "")}");
+                _log($"step {r.Step}/{plannedSteps} epoch {epoch + 1} loss {lossSum / window:F3} lr {r.LearningRate:E2} grad {r.GradNorm:F2} {tokens / seconds:F0} tok/s{(r.Skipped ? " (skipped: non-finite gradient)" : "")}");
                 lossSum = 0; window = 0; tokens = 0; seconds = 0;
             }
-            bool timeUp = _o.MaxMinutes > 0 && clock.Elapsed.TotalMinutes >= _o.MaxMinutes;
-            bool done = trainer.CompletedSteps >= _o.Steps;
+            bool timeUp = _o.MaxMinutes > 0 && clock.Elapsed.TotalMinutes >= _o.MaxMinutes * 1.1;
+            bool done = trainer.CompletedSteps >= plannedSteps;
             if (r.Step % _o.EvalEvery == 0 || done || timeUp)
             {
                 last = trainer.Evaluate(validation, 16);
@@ -214,7 +234,7 @@ public sealed class Pretrainer
             ["command"] = commandLine,
             ["parameters"] = parameters,
             ["steps"] = steps,
-            ["steps_planned"] = _o.Steps,
+            ["steps_requested"] = _o.Steps,
             ["batch_rows"] = _o.BatchSize,
             ["sequence_length"] = _o.SequenceLength,
             ["training_examples"] = train.Count,

@@ -103,6 +103,37 @@ public static class WordNetCorpus
         return (texts, chats);
     }
 
+    /// <summary>
+    /// Fine-tuning data in a format the corpus never uses: the same questions answered as a dictionary card
+    /// ("WORD: dog / KIND: noun / MEANING: ... / EXAMPLE: ..."), for <paramref name="count"/> words chosen with the seed.
+    /// </summary>
+    public static int BuildCards(string wordnetDir, string outPath, int count, int seed = 7)
+    {
+        var senses = ReadSenseCounts(Path.Combine(wordnetDir, "cntlist.rev"));
+        var candidates = new List<(Synset S, string Word)>();
+        foreach (var (file, pos) in new[] { ("data.noun", 'n'), ("data.verb", 'v'), ("data.adj", 'a') })
+            foreach (var s in ReadSynsets(Path.Combine(wordnetDir, file), pos, senses))
+                for (int i = 0; i < s.Words.Length; i++)
+                    if (s.FirstSense[i] && !s.Words[i].Contains(' ')) candidates.Add((s, s.Words[i]));
+        var rng = new Random(seed);
+        var chosen = candidates.OrderBy(_ => rng.Next()).Take(count).ToList();
+        var lines = new List<string>();
+        foreach (var (s, w) in chosen)
+        {
+            string kind = s.Pos switch { 'n' => "noun", 'v' => "verb", 'a' => "adjective", _ => "adverb" };
+            var card = new StringBuilder($"WORD: {w}\nKIND: {kind}\nMEANING: {s.Definition}");
+            if (s.Examples.Length > 0) card.Append($"\nEXAMPLE: {Sentence(s.Examples[0])}");
+            var messages = new object[]
+            {
+                new { role = "user", content = Question(s, w, rng) },
+                new { role = "assistant", content = card.ToString() },
+            };
+            lines.Add(JsonSerializer.Serialize(new { messages }, JsonOptions));
+        }
+        SmoaServe.Text.Tokenizers.AtomicFile.WriteAllText(outPath, string.Join('\n', lines) + "\n");
+        return lines.Count;
+    }
+
     private static Span<(string, string)> CollectionsMarshalSpan(List<(string, string)> list) => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(list);
 
     private static string Pick(Random rng, params string[] options) => options[rng.Next(options.Length)];
