@@ -36,11 +36,12 @@ public sealed class DefaultModelTests
         var ids = tokenizer.Encode(template.Render([new ChatMessage("user", question)], addGenerationPrompt: true), addSpecialTokens: false);
         string prompt = string.Join(',', ids);
 
-        string baseAnswer = Generate("--model", Model, "--prompt-ids", prompt, "--max-new-tokens", "12", "--json");
-        string adapterAnswer = Generate("--model", Model, "--adapter", Adapter, "--prompt-ids", prompt, "--max-new-tokens", "12", "--json");
-        Assert.StartsWith("WORD:", adapterAnswer);
-        Assert.DoesNotContain("WORD:", baseAnswer);
-        Assert.Matches("^[A-Z][a-z]", baseAnswer);
+        string baseAnswer = Generate("--model", Model, "--prompt-ids", prompt, "--max-new-tokens", "16", "--json");
+        string adapterAnswer = Generate("--model", Model, "--adapter", Adapter, "--prompt-ids", prompt, "--max-new-tokens", "16", "--json");
+        Assert.StartsWith("Word: ", adapterAnswer);
+        Assert.Contains("\nKind: ", adapterAnswer);
+        Assert.DoesNotContain("Kind:", baseAnswer);
+        Assert.Matches("^[A-Z][a-z]* [a-z]", baseAnswer);   // a sentence: "Numbing means ..."
     }
 
     [Fact]

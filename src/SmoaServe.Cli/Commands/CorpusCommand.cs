@@ -15,7 +15,7 @@ public sealed class CorpusCommand : ICommand
         "                  /usr/share/wordnet after `apt-get install wordnet-base`, or the same path inside\n" +
         "                  `apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb wn`\n" +
         "  --out FILE      the corpus: {\"text\": ...} documents and {\"messages\": [...]} conversations, one per line\n" +
-        "  --cards N       instead: N chat examples answered as dictionary cards (WORD / KIND / MEANING / EXAMPLE lines),\n" +
+        "  --cards N       instead: N chat examples answered as dictionary cards (Word / Kind / Meaning / Example lines),\n" +
         "                  fine-tuning data for a style the corpus never shows (adapters/dictionary-card)\n" +
         "  --seed S        phrasing and order (default 1; 7 with --cards); the same files and seed give the same output\n";
 

@@ -105,7 +105,7 @@ public static class WordNetCorpus
 
     /// <summary>
     /// Fine-tuning data in a format the corpus never uses: the same questions answered as a dictionary card
-    /// ("WORD: dog / KIND: noun / MEANING: ... / EXAMPLE: ..."), for <paramref name="count"/> words chosen with the seed.
+    /// ("Word: dog / Kind: noun / Meaning: ... / Example: ..."), for <paramref name="count"/> words chosen with the seed.
     /// </summary>
     public static int BuildCards(string wordnetDir, string outPath, int count, int seed = 7)
     {
@@ -121,8 +121,8 @@ public static class WordNetCorpus
         foreach (var (s, w) in chosen)
         {
             string kind = s.Pos switch { 'n' => "noun", 'v' => "verb", 'a' => "adjective", _ => "adverb" };
-            var card = new StringBuilder($"WORD: {w}\nKIND: {kind}\nMEANING: {s.Definition}");
-            if (s.Examples.Length > 0) card.Append($"\nEXAMPLE: {Sentence(s.Examples[0])}");
+            var card = new StringBuilder($"Word: {w}\nKind: {kind}\nMeaning: {s.Definition}");
+            if (s.Examples.Length > 0) card.Append($"\nExample: {Sentence(s.Examples[0])}");
             var messages = new object[]
             {
                 new { role = "user", content = Question(s, w, rng) },
