@@ -11,6 +11,8 @@ public static class Program
         new GenerateCommand(),
         new MergeCommand(),
         new BenchCommand(),
+        new CorpusCommand(),
+        new PretrainCommand(),
         new TrainCommand(),
         new TrainStepCommand(),
         new ServeCommand(),

@@ -57,10 +57,16 @@ public sealed class ServeProcess : IAsyncDisposable
         throw new TimeoutException("smoa serve did not become healthy: " + p.Output);
     }
 
+    private const int SigTerm = 15;
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int SendSignal(int pid, int signal);
+
     /// <summary>A graceful stop (SIGTERM), as an orchestrator does.</summary>
     public async Task StopAsync()
     {
-        using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString()])) await kill.WaitForExitAsync();
+        // libc's kill(2), not the kill executable: a minimal system (procps not installed) has none
+        if (SendSignal(_process.Id, SigTerm) != 0) throw new InvalidOperationException($"kill({_process.Id}, SIGTERM) failed: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await _process.WaitForExitAsync(timeout.Token);
     }

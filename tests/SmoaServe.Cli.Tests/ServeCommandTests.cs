@@ -5,7 +5,8 @@ namespace SmoaServe.Cli.Tests;
 public class ServeCommandTests
 {
     [Theory]
-    [InlineData(new string[0], "--model")]
+    [InlineData(new[] { "--max-running", "many" }, "not an integer")]
+    [InlineData(new[] { "stray" }, "unexpected argument")]
     [InlineData(new[] { "--model", "x", "--adapter", "noequals" }, "NAME=DIR")]
     [InlineData(new[] { "--model", "x", "--max-running", "many" }, "not an integer")]
     [InlineData(new[] { "--model", "x", "--bogus", "1" }, "unknown option")]

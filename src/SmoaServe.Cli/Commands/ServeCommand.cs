@@ -9,9 +9,10 @@ public sealed class ServeCommand : ICommand
     public string Name => "serve";
     public string Summary => "serve the base model and its adapters over an OpenAI-compatible HTTP API";
     public string Usage => """
-        usage: smoa serve --model DIR [options]
+        usage: smoa serve [--model DIR] [options]
 
-          --model DIR               checkpoint directory (config.json, safetensors, tokenizer.json)
+          --model DIR               checkpoint directory (config.json, safetensors, tokenizer.json); default: the
+                                    repository's models/default (the small bundled model)
           --served-model-name NAME  id of the base model in the API (default: the directory's name)
           --urls URL                listen address(es), ';'-separated (default ASPNETCORE_URLS, else http://127.0.0.1:8000)
           --data DIR                data directory: SMoA layout cache (default ./data)
@@ -36,7 +37,8 @@ public sealed class ServeCommand : ICommand
           --allow-anonymous         no API key needed (local use only)
 
         The admin API key comes from SMOA_ADMIN_KEY (or Smoa:AdminKey in appsettings.json); clients send
-        'Authorization: Bearer <key>'. Every option is also a setting "Smoa:<Name>" (env SMOA__<NAME>), e.g.
+        'Authorization: Bearer <key>'. Without any key (and without --allow-anonymous) the server makes up a one-time
+        key, prints it, and refuses to listen on anything but loopback addresses. Every option is also a setting "Smoa:<Name>" (env SMOA__<NAME>), e.g.
         SMOA__MAXRUNNING=32, SMOA__ADAPTERS__mine=/path.
         """;
 
@@ -64,6 +66,28 @@ public sealed class ServeCommand : ICommand
         if (cli.Flag("no-fair-share")) config[$"{ServerOptions.Section}:FairShare"] = "false";
         if (cli.Flag("allow-anonymous")) config[$"{ServerOptions.Section}:AllowAnonymous"] = "true";
         var adapters = cli.All("adapter").Select(ParseAdapter).ToList();
+
+        var effective = ServeDefaults.Effective(config);
+        if (effective[$"{ServerOptions.Section}:Model"] is null)
+        {
+            var model = ServeDefaults.FindDefaultModel(Environment.CurrentDirectory, AppContext.BaseDirectory)
+                ?? throw new UsageException($"--model is required (no {ServeDefaults.DefaultModelPath} found in this folder or above the executable)");
+            config[$"{ServerOptions.Section}:Model"] = model;
+            Console.Error.WriteLine($"smoa serve: serving the bundled model {Path.GetFullPath(model)} (choose another with --model DIR)");
+        }
+        if (!ServeDefaults.HasAdminKey(effective) && !ServeDefaults.AllowsAnonymous(effective))
+        {
+            string urls = ServeDefaults.Urls(effective);
+            if (!ServeDefaults.LoopbackOnly(urls))
+            {
+                Console.Error.WriteLine($"smoa serve: error: listening on {urls} needs an admin key: set SMOA_ADMIN_KEY (or Smoa:AdminKey)");
+                return 1;
+            }
+            string key = ServeDefaults.NewLocalKey();
+            config[$"{ServerOptions.Section}:AdminKey"] = key;
+            Console.Error.WriteLine($"smoa serve: SMOA_ADMIN_KEY is not set; this run's admin key (loopback only, new at every start):");
+            Console.Error.WriteLine($"    export SMOA_ADMIN_KEY={key}");
+        }
 
         var app = SmoaServer.Build(config, o => { foreach (var (name, dir) in adapters) o.Adapters[name] = dir; },
             configureEngine: o => { if (o.Model is null) throw new UsageException("--model is required (or Smoa:Model / SMOA__MODEL)"); });
