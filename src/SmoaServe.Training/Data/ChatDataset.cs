@@ -48,7 +48,7 @@ public sealed class ChatDataset(ITextTokenizer tokenizer, IChatTemplate template
         using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
         var examples = new List<TokenizedExample>();
         int lineNumber = 0;
-        while (ReadBoundedLine(reader, _options.MaxLineChars, path, lineNumber + 1) is { } line)
+        while (ReadBoundedLine(reader, _options.MaxLineChars, $"{path}:{lineNumber + 1}") is { } line)
         {
             lineNumber++;
             if (lineNumber > _options.MaxLines) throw new InvalidDataException($"{path}: more than {_options.MaxLines} lines");
@@ -189,8 +189,11 @@ public sealed class ChatDataset(ITextTokenizer tokenizer, IChatTemplate template
         }
     }
 
-    /// <summary>The next line without its line break, or null at the end; a line longer than <paramref name="maxChars"/> is an error.</summary>
-    private static string? ReadBoundedLine(StreamReader reader, int maxChars, string path, int lineNumber)
+    /// <summary>
+    /// The next line without its line break, or null at the end; a line longer than <paramref name="maxChars"/> is an
+    /// error named <paramref name="where"/> (the file and line, as the caller names them).
+    /// </summary>
+    internal static string? ReadBoundedLine(StreamReader reader, int maxChars, string where)
     {
         var line = new StringBuilder();
         int c;
@@ -199,7 +202,7 @@ public sealed class ChatDataset(ITextTokenizer tokenizer, IChatTemplate template
         {
             any = true;
             if (c == '\n') break;
-            if (line.Length >= maxChars) throw new InvalidDataException($"{path}:{lineNumber}: line longer than {maxChars} characters");
+            if (line.Length >= maxChars) throw new InvalidDataException($"{where}: line longer than {maxChars} characters");
             line.Append((char)c);
         }
         if (!any) return null;

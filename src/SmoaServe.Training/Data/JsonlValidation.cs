@@ -23,7 +23,7 @@ public static class JsonlValidation
         while (true)
         {
             string? line;
-            try { line = ReadLine(reader, maxLineBytes, name, number + 1); }
+            try { line = ChatDataset.ReadBoundedLine(reader, maxLineBytes, $"{name} line {number + 1}"); }
             catch (DecoderFallbackException) { throw new InvalidDataException($"{name} line {number + 1}: not valid UTF-8"); }
             if (line is null) break;
             number++;
@@ -57,23 +57,6 @@ public static class JsonlValidation
                 i++;
             }
         }
-    }
-
-    private static string? ReadLine(StreamReader reader, int maxChars, string name, int number)
-    {
-        var line = new StringBuilder();
-        int c;
-        bool any = false;
-        while ((c = reader.Read()) >= 0)
-        {
-            any = true;
-            if (c == '\n') break;
-            if (line.Length >= maxChars) throw new InvalidDataException($"{name} line {number}: longer than {maxChars} characters");
-            line.Append((char)c);
-        }
-        if (!any) return null;
-        if (line.Length > 0 && line[^1] == '\r') line.Length--;
-        return line.ToString();
     }
 
     private static string Shorten(string s) => s.Length <= 40 ? s : s[..40] + "…";
