@@ -13,6 +13,7 @@ public sealed class CpuGemvTests
     [Theory]
     [InlineData(1, 37, 29)]   // K not a multiple of 8, N not a multiple of 4
     [InlineData(3, 64, 130)]  // odd row count: 2-row tiles and a 1-row tail
+    [InlineData(5, 20, 130)]  // 4-row input tile and a 1-row tail, K with a 16-element remainder
     [InlineData(16, 1280, 768)]
     public void Float32_kernel_matches_linear(int rows, int n, int k)
     {

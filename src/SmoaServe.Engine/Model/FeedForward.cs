@@ -16,7 +16,9 @@ public sealed class FeedForward(FusedLinear gateUp, FusedLinear down)
     public Tensor Forward(Tensor x, IAdapterBatch? adapters) // x [B, T, hidden]
     {
         var gu = gateUp.Forward(x, adapters);                        // [B, T, 2·ffn]: gate, up
-        var h = F.silu(gateUp.Part(gu, 0)) * gateUp.Part(gu, 1);    // [B, T, ffn]
+        var h = CpuDecode.Applies(gu, gu.shape[^1])
+            ? CpuDecode.SiluMul(gu)                                  // decode on the CPU: one pass
+            : F.silu(gateUp.Part(gu, 0)) * gateUp.Part(gu, 1);       // [B, T, ffn]
         return down.Forward(h, adapters);                            // [B, T, hidden]
     }
 }

@@ -75,7 +75,9 @@ public sealed class KvCache : IDisposable
     /// <param name="slots">int64 [B] on the cache's device</param>
     /// <param name="positions">int64 [B] on the cache's device</param>
     /// <param name="firstSlot">when the rows' slots are firstSlot, firstSlot+1, ... the read is a view, not a gather</param>
-    public IKvAccess ForDecode(Tensor slots, Tensor positions, int length, int? firstSlot) => new DecodeAccess(this, slots, positions, length, firstSlot);
+    /// <param name="places">the same slots and positions on the host: a float32 CPU cache then attends through <see cref="CpuDecode.Attend"/></param>
+    public IKvAccess ForDecode(Tensor slots, Tensor positions, int length, int? firstSlot, IReadOnlyList<CpuDecode.RowPlace>? places = null) =>
+        new DecodeAccess(this, slots, positions, length, firstSlot, places);
 
     /// <summary>Prefill of B rows padded to T tokens: row b writes positions[b, :] of slots[b] and reads keys 0..length-1.</summary>
     /// <param name="slots">int64 [B, 1] on the cache's device</param>
@@ -113,8 +115,21 @@ public sealed class KvCache : IDisposable
         }
     }
 
-    private sealed class DecodeAccess(KvCache cache, Tensor slots, Tensor positions, int length, int? firstSlot) : IKvAccess
+    internal sealed class DecodeAccess(KvCache cache, Tensor slots, Tensor positions, int length, int? firstSlot, IReadOnlyList<CpuDecode.RowPlace>? places) : IKvAccess
     {
+        /// <summary>
+        /// RoPE, the cache write and the attention of one layer in one pass over the cache's memory
+        /// (<see cref="CpuDecode.Attend"/>), or null when the rows' places were not given or the cache is not float32 on the CPU.
+        /// </summary>
+        /// <returns>[B, 1, NH·D]</returns>
+        public Tensor? TryAttendOnCpu(int layer, Tensor qkv, Tensor cos, Tensor sin, int numHeads, int numKvHeads, int headDim)
+        {
+            var keys = cache._k[layer];
+            if (places is null || keys.dtype != ScalarType.Float32 || keys.device.type != DeviceType.CPU || !CpuDecode.Applies(qkv, qkv.shape[^1])
+                || cos.dtype != ScalarType.Float32) return null;
+            return CpuDecode.Attend(qkv, cos, sin, keys, cache._v[layer], places, numHeads, numKvHeads, headDim);
+        }
+
         public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
         {
             return (Write(cache._k[layer], k), Write(cache._v[layer], v));

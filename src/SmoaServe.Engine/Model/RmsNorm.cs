@@ -11,6 +11,7 @@ public sealed class RmsNorm(Tensor weight, double eps)
 
     public Tensor Forward(Tensor x) // [..., hidden]
     {
+        if (CpuDecode.Applies(x, Weight.shape[0]) && Weight.dtype == ScalarType.Float32) return CpuDecode.RmsNorm(x, Weight, Eps);
         var inputType = x.dtype;
         if (inputType == ScalarType.Float32)
         {

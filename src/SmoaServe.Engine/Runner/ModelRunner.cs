@@ -174,7 +174,7 @@ public sealed class ModelRunner : IModelRunner
         {
             Cos = cos, Sin = sin,
             AttentionBias = DecodeBias(rows, length),
-            Cache = _cache.ForDecode(slots, positions, length, ConsecutiveFirstSlot(rows)),
+            Cache = _cache.ForDecode(slots, positions, length, ConsecutiveFirstSlot(rows), rows.Select(r => new CpuDecode.RowPlace(r.Slot, r.Position)).ToArray()),
             Adapters = adapters,
         };
         var logits = _model.Forward(ids, state).reshape(b, VocabSize);       // [B, V]
