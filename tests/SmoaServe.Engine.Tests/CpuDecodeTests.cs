@@ -54,7 +54,7 @@ public sealed class CpuDecodeTests
         var positions = torch.tensor(rows.Select(r => (long)r.Position).ToArray()).view(b, 1);
         var (cos, sin) = rotary.CosSin(positions, ScalarType.Float32);                                   // [B, 1, D]
 
-        var output = CpuDecode.Attend(qkv, cos, sin, keys, values, rows, nh, nkv, d);
+        var output = CpuDecode.Attend(qkv, cos, sin, CpuDecode.CacheLayer.Of(keys, values), rows, nh);
         Assert.Equal(new long[] { b, 1, (long)nh * d }, output.shape);
 
         for (int i = 0; i < b; i++)
@@ -95,9 +95,12 @@ public sealed class CpuDecodeTests
         var values = torch.zeros([2, 1, 8, 8]);
         var qkv = torch.ones([1, 1, 3 * 8]);
         var cs = torch.ones([1, 1, 8]);
-        Assert.Throws<ArgumentOutOfRangeException>(() => CpuDecode.Attend(qkv, cs, cs, keys, values, [new CpuDecode.RowPlace(2, 0)], 1, 1, 8));
-        Assert.Throws<ArgumentOutOfRangeException>(() => CpuDecode.Attend(qkv, cs, cs, keys, values, [new CpuDecode.RowPlace(0, 8)], 1, 1, 8));
-        Assert.Throws<ArgumentException>(() => CpuDecode.Attend(qkv, cs, cs, keys, values, [new CpuDecode.RowPlace(0, 1), new CpuDecode.RowPlace(1, 1)], 1, 1, 8));
+        var cache = CpuDecode.CacheLayer.Of(keys, values);
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuDecode.Attend(qkv, cs, cs, cache, [new CpuDecode.RowPlace(2, 0)], 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuDecode.Attend(qkv, cs, cs, cache, [new CpuDecode.RowPlace(0, 8)], 1));
+        Assert.Throws<ArgumentException>(() => CpuDecode.Attend(qkv, cs, cs, cache, [new CpuDecode.RowPlace(0, 1), new CpuDecode.RowPlace(1, 1)], 1));
+        Assert.Throws<ArgumentException>(() => CpuDecode.CacheLayer.Of(keys, torch.zeros([2, 1, 8, 4])));
+        Assert.Throws<ArgumentException>(() => CpuDecode.CacheLayer.Of(keys.transpose(2, 3), values));
         Assert.Equal(0, keys.abs().sum().item<float>());
     }
 }

@@ -25,7 +25,7 @@ public sealed class Attention(int layer, int numHeads, int numKvHeads, int headD
         var adapters = state.Adapters;
         var projected = qkv.Forward(x, adapters);                             // [B, T, (NH+2NKV)*D]
         if (t == 1 && state.Cache is KvCache.DecodeAccess decode
-            && decode.TryAttendOnCpu(layer, projected, state.Cos, state.Sin, numHeads, numKvHeads, headDim) is { } fused)
+            && decode.TryAttendOnCpu(layer, projected, state.Cos, state.Sin, numHeads) is { } fused)
             return o.Forward(fused, adapters);                                 // [B, 1, hidden]
         long qkWidth = (numHeads + numKvHeads) * headDim;
         var qkFlat = projected.narrow(-1, 0, qkWidth);                        // [B, T, (NH+NKV)*D]: q and k side by side

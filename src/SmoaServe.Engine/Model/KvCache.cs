@@ -19,6 +19,7 @@ public interface IKvAccess
 public sealed class KvCache : IDisposable
 {
     private readonly Tensor[] _k, _v;
+    private readonly CpuDecode.CacheLayer[]? _cpuLayers;   // float32 CPU caches: the layers' memory for CpuDecode.Attend
 
     public int Slots { get; }
     public int MaxSequenceLength { get; }
@@ -34,6 +35,8 @@ public sealed class KvCache : IDisposable
             _k[l] = torch.zeros([slots, kvHeads, maxSequenceLength, headDim], dtype, device).DetachFromDisposeScope();
             _v[l] = torch.zeros([slots, kvHeads, maxSequenceLength, headDim], dtype, device).DetachFromDisposeScope();
         }
+        if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU)
+            _cpuLayers = Enumerable.Range(0, layers).Select(l => CpuDecode.CacheLayer.Of(_k[l], _v[l])).ToArray();
     }
 
     /// <summary>
@@ -122,12 +125,10 @@ public sealed class KvCache : IDisposable
         /// (<see cref="CpuDecode.Attend"/>), or null when the rows' places were not given or the cache is not float32 on the CPU.
         /// </summary>
         /// <returns>[B, 1, NH·D]</returns>
-        public Tensor? TryAttendOnCpu(int layer, Tensor qkv, Tensor cos, Tensor sin, int numHeads, int numKvHeads, int headDim)
+        public Tensor? TryAttendOnCpu(int layer, Tensor qkv, Tensor cos, Tensor sin, int numHeads)
         {
-            var keys = cache._k[layer];
-            if (places is null || keys.dtype != ScalarType.Float32 || keys.device.type != DeviceType.CPU || !CpuDecode.Applies(qkv, qkv.shape[^1])
-                || cos.dtype != ScalarType.Float32) return null;
-            return CpuDecode.Attend(qkv, cos, sin, keys, cache._v[layer], places, numHeads, numKvHeads, headDim);
+            if (places is null || cache._cpuLayers is not { } layers || !CpuDecode.Applies(qkv, qkv.size(-1)) || cos.dtype != ScalarType.Float32) return null;
+            return CpuDecode.Attend(qkv, cos, sin, layers[layer], places, numHeads);
         }
 
         public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
