@@ -32,6 +32,7 @@ public static class CpuDecode
     internal static unsafe float* Pointer(Tensor t) => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     /// <summary>LlamaRMSNorm over the last dimension: weight · (x / sqrt(mean(x²) + eps)). x [..., H] → new [..., H].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static unsafe Tensor RmsNorm(Tensor x, Tensor weight, double eps)
     {
         var input = x.is_contiguous() ? x : x.contiguous();
@@ -59,6 +60,7 @@ public static class CpuDecode
     }
 
     /// <summary>silu(gate) · up for gu = [..., 2F] holding gate and up side by side → new [..., F].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static unsafe Tensor SiluMul(Tensor gu)
     {
         var input = gu.is_contiguous() ? gu : gu.contiguous();
@@ -130,6 +132,7 @@ public static class CpuDecode
     /// <param name="sin">[B, 1, D] float32</param>
     /// <param name="cache">the layer's KV cache</param>
     /// <returns>[B, 1, NH·D]: the heads' outputs side by side</returns>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static unsafe Tensor Attend(Tensor qkv, Tensor cos, Tensor sin, CacheLayer cache, IReadOnlyList<RowPlace> rows, int numHeads)
     {
         int b = rows.Count, nh = numHeads, nkv = cache.KvHeads, d = cache.HeadDim;

@@ -33,8 +33,11 @@ public static class WeightStorages
 /// <summary>
 /// y = x Wᵀ (+ b) for a few rows of x (decode: one row per sequence) on the CPU, reading each weight row once per call
 /// for all rows of x: the step is bound by how fast the weights stream from memory, so the kernel does nothing but
-/// stream them (float32, bfloat16 or int8 storage, float32 accumulation) on the intra-op threads. The GEMM libraries'
-/// small-M paths re-read or repack the weights (measured here: F.linear with 16 rows of x took 3-8× the time of one row).
+/// stream them (float32, bfloat16 or int8 storage, float32 accumulation) on <see cref="CpuWorkers"/> (as many threads
+/// as libtorch's intra-op threads). The GEMM libraries' small-M paths re-read or repack the weights (measured here:
+/// F.linear with 16 rows of x took 3-8× the time of one row). Tiles: 4 weight rows × 4, 2 or 1 rows of x, the next
+/// tile's weight rows prefetched; bfloat16 rows are widened without shuffles (even and odd elements separately, against
+/// an input reordered to match once per call).
 /// </summary>
 public sealed class CpuGemv : IDisposable
 {
@@ -103,6 +106,7 @@ public sealed class CpuGemv : IDisposable
         && x.NumberOfElements / InFeatures <= MaxRows;
 
     /// <summary>x [..., K] → y [..., N] (a new tensor).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe Tensor Forward(Tensor x)
     {
         if (!Accepts(x)) throw new ArgumentException($"x [{string.Join(", ", x.shape)}] {x.dtype} is not a float32 CPU input of width {InFeatures}");
@@ -139,6 +143,7 @@ public sealed class CpuGemv : IDisposable
     }
 
     /// <summary>Each row's 16-element blocks as [even elements, odd elements] (the order in which <see cref="Bf16.Load16"/> yields weights).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void EvenOddBlocks(float* x, float* blocks, int m, int k)
     {
         for (int i = 0; i < m; i++)
@@ -163,6 +168,7 @@ public sealed class CpuGemv : IDisposable
     }
 
     /// <summary>Output rows in chunks taken by the threads as they come free (a busy core does not hold the others up).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Run(Job job)
     {
         const int rowsPerChunk = 128; // multiple of the 4-row tile
