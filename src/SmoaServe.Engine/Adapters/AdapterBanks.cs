@@ -1,4 +1,6 @@
 using SmoaServe.Engine.Adapters.Smoa;
+using System.Runtime.Intrinsics;
+using SmoaServe.Engine.Model;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -19,6 +21,16 @@ public sealed class SmoaAnchors : IDisposable
     public Tensor ColIndex { get; }
     /// <summary>[K·Rmax] output row R_k[j] of padded position k·Rmax + j (padding points at row 0; it adds zeros).</summary>
     public Tensor RowIndex { get; }
+    /// <summary>
+    /// Float32 CPU models: M_k row by row ([K, Rmax, Cmax], contiguous) streamed by one <see cref="CpuGemv"/> per block
+    /// for decode steps (see <see cref="SmoaBank.TryAddDecodeDeltaOnCpu"/>), with the column and row indices on the host.
+    /// Null elsewhere. A second copy of the anchors: the bmm form wants Mᵀ, the kernel M.
+    /// </summary>
+    internal CpuGemv[]? BlockKernels { get; }
+    internal int[]? ColIndexHost { get; }
+    internal int[]? RowIndexHost { get; }
+    private readonly Tensor? _anchorsRowMajor;
+    private readonly Tensor[]? _blockViews;
 
     public SmoaAnchors(SmoaLayout layout, Tensor weight)
     {
@@ -43,11 +55,25 @@ public sealed class SmoaAnchors : IDisposable
         AnchorsT = stack(blocks).transpose(1, 2).contiguous().DetachFromDisposeScope();      // [K, Cmax, Rmax]
         ColIndex = tensor(colIndex, device: device).DetachFromDisposeScope();
         RowIndex = tensor(rowIndex, device: device).DetachFromDisposeScope();
+        if (device.type == DeviceType.CPU && weight.dtype == ScalarType.Float32)
+        {
+            _anchorsRowMajor = stack(blocks).contiguous().DetachFromDisposeScope();           // [K, Rmax, Cmax]
+            _blockViews = Enumerable.Range(0, layout.K).Select(k => _anchorsRowMajor[k].DetachFromDisposeScope()).ToArray();  // M_k [Rmax, Cmax]
+            BlockKernels = _blockViews.Select(m => new CpuGemv(m, null, WeightStorage.Float32)).ToArray();
+            ColIndexHost = colIndex.Select(c => (int)c).ToArray();
+            RowIndexHost = rowIndex.Select(r => (int)r).ToArray();
+        }
     }
 
-    public long Bytes => AnchorsT.NumberOfElements * AnchorsT.ElementSize;
+    public long Bytes => (AnchorsT.NumberOfElements + (_anchorsRowMajor?.NumberOfElements ?? 0)) * AnchorsT.ElementSize;
 
-    public void Dispose() { AnchorsT.Dispose(); ColIndex.Dispose(); RowIndex.Dispose(); }
+    public void Dispose()
+    {
+        AnchorsT.Dispose(); ColIndex.Dispose(); RowIndex.Dispose();
+        if (BlockKernels is not null) foreach (var kernel in BlockKernels) kernel.Dispose();
+        if (_blockViews is not null) foreach (var view in _blockViews) view.Dispose();
+        _anchorsRowMajor?.Dispose();
+    }
 }
 
 /// <summary>Factors of a batch's rows gathered from a bank (what the bank's delta multiplies with).</summary>
@@ -160,6 +186,77 @@ internal sealed class SmoaBank(SmoaAnchors anchors, int rankPad, ScalarType dtyp
     }
 
     public override long SlotBytes => (_a!.NumberOfElements + _bt!.NumberOfElements) / Capacity * _a.ElementSize;
+
+    /// <summary>
+    /// A decode step's y += ΔW x on a float32 CPU model, every row of the batch using this bank (the same arithmetic as
+    /// <see cref="SmoaMath.AddBatchedDelta"/> without its ~15 tensor operations): per block k,
+    ///   U = A_k ⊙ x[C_k]          [n·rpad, Cmax]   (each row's rpad rank vectors)
+    ///   Z = U M_kᵀ                [n·rpad, Rmax]   one pass of the CPU kernel over the shared anchor M_k
+    ///   y[b, R_k] += Σ_j Bt_k[b, j] ⊙ Z[b·rpad + j]
+    /// Returns false (nothing done) when the case is not that one: the caller takes the tensor path.
+    /// </summary>
+    /// <param name="x">[n, 1, in]</param>
+    /// <param name="groupOutput">[n, 1, Σout] contiguous: the group's GEMM output, updated in place</param>
+    /// <param name="columnOffset">the part's first column in <paramref name="groupOutput"/></param>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public unsafe bool TryAddDecodeDeltaOnCpu(Tensor x, Tensor groupOutput, long columnOffset, GatheredFactors f)
+    {
+        if (Anchors.BlockKernels is not { } kernels || x.dim() != 3 || x.size(1) != 1 || !CpuDecode.Applies(x, x.size(2))
+            || !groupOutput.is_contiguous() || groupOutput.size(0) != x.size(0) || groupOutput.size(1) != 1
+            || !f.A.is_contiguous() || !f.Bt.is_contiguous() || f.A.dtype != ScalarType.Float32 || f.Bt.dtype != ScalarType.Float32)
+            return false;
+        int n = (int)x.size(0), k = Anchors.Layout.K, cmax = Anchors.ColsMax, rmax = Anchors.RowsMax, rpad = RankPad;
+        long inFeatures = x.size(2), width = groupOutput.size(2);
+        if ((long)n * rpad > CpuGemv.MaxRows || f.A.NumberOfElements != (long)k * n * rpad * cmax || f.Bt.NumberOfElements != (long)k * n * rpad * rmax
+            || inFeatures != Anchors.Layout.InFeatures || columnOffset < 0 || columnOffset + Anchors.Layout.OutFeatures > width) return false;
+        var input = x.is_contiguous() ? x : x.contiguous();
+        float* xp = CpuDecode.Pointer(input), yp = CpuDecode.Pointer(groupOutput), ap = CpuDecode.Pointer(f.A), btp = CpuDecode.Pointer(f.Bt);
+        int[] cols = Anchors.ColIndexHost!, rows = Anchors.RowIndexHost!;
+        using var scope = torch.NewDisposeScope();
+        var u = torch.empty([k, (long)n * rpad, cmax], ScalarType.Float32);                  // U_k for every block
+        float* up = CpuDecode.Pointer(u);
+        float* xg = stackalloc float[cmax];
+        float* o = stackalloc float[rmax];
+        for (int block = 0; block < k; block++)
+            for (int b = 0; b < n; b++)
+            {
+                float* xRow = xp + b * inFeatures;
+                for (int c = 0; c < cmax; c++) xg[c] = xRow[cols[block * cmax + c]];             // x[C_k]
+                for (int j = 0; j < rpad; j++)
+                    Multiply(ap + (((long)block * n + b) * rpad + j) * cmax, xg, up + (((long)block * n + b) * rpad + j) * cmax, cmax);
+            }
+        var z = CpuGemv.ForwardEach(kernels, Enumerable.Range(0, k).Select(block => u[block]).ToArray());   // Z_k [n·rpad, Rmax]
+        for (int block = 0; block < k; block++)
+        {
+            float* zp = CpuDecode.Pointer(z[block]);
+            for (int b = 0; b < n; b++)
+            {
+                new Span<float>(o, rmax).Clear();
+                for (int j = 0; j < rpad; j++)
+                    MultiplyAdd(btp + (((long)block * n + b) * rpad + j) * rmax, zp + ((long)b * rpad + j) * rmax, o, rmax);
+                float* yRow = yp + b * width + columnOffset;
+                for (int r = 0; r < rmax; r++) yRow[rows[block * rmax + r]] += o[r];
+            }
+        }
+        if (!ReferenceEquals(input, x)) input.Dispose();
+        return true;
+    }
+
+    /// <summary>c = a ⊙ b.</summary>
+    private static unsafe void Multiply(float* a, float* b, float* c, int length)
+    {
+        int i = 0;
+        for (; i + 8 <= length; i += 8) Vector256.Store(Vector256.Load(a + i) * Vector256.Load(b + i), c + i);
+        for (; i < length; i++) c[i] = a[i] * b[i];
+    }
+
+    /// <summary>c += a ⊙ b.</summary>
+    private static unsafe void MultiplyAdd(float* a, float* b, float* c, int length)
+    {
+        int i = 0;
+        for (; i + 8 <= length; i += 8) Vector256.Store(Vector256.Load(c + i) + Vector256.Load(a + i) * Vector256.Load(b + i), c + i);
+        for (; i < length; i++) c[i] += a[i] * b[i];
+    }
 
     public override void Dispose() { _a?.Dispose(); _bt?.Dispose(); }
 }

@@ -565,8 +565,9 @@ public sealed class AdapterRegistry : IAdapterSource, IDisposable
                 else
                 {
                     var (offset, size) = g.PartColumns!.Value;
-                    var part = y.narrow(-1, offset, size);                                   // [B, T, out_p]: a view of y, updated in place
                     var bank = (SmoaBank)g.Bank;
+                    if (g.Rows is null && bank.TryAddDecodeDeltaOnCpu(xs, y, offset, f)) continue;  // float32 CPU decode
+                    var part = y.narrow(-1, offset, size);                                   // [B, T, out_p]: a view of y, updated in place
                     if (g.Rows is null) bank.AddDelta(xs, part, f);
                     else part.index_copy_(0, g.Rows, bank.AddDelta(xs, part.index_select(0, g.Rows), f));
                 }

@@ -167,19 +167,75 @@ public sealed class CpuGemv : IDisposable
         public WeightStorage Storage;
     }
 
-    /// <summary>Output rows in chunks taken by the threads as they come free (a busy core does not hold the others up).</summary>
+    /// <summary>
+    /// y_i = x_i W_iᵀ for several float32 kernels and inputs in one dispatch to the threads (the K anchor blocks of an
+    /// SMoA adapter part: small products whose separate dispatches would cost as much as their arithmetic).
+    /// </summary>
+    /// <returns>one new tensor per input, [..., N_i]</returns>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Run(Job job)
+    public static unsafe Tensor[] ForwardEach(IReadOnlyList<CpuGemv> kernels, IReadOnlyList<Tensor> inputs)
     {
-        const int rowsPerChunk = 128; // multiple of the 4-row tile
-        int chunks = (job.N + rowsPerChunk - 1) / rowsPerChunk;
+        if (kernels.Count != inputs.Count) throw new ArgumentException($"{kernels.Count} kernels for {inputs.Count} inputs");
+        var jobs = new Job[kernels.Count];
+        var outputs = new Tensor[kernels.Count];
+        for (int i = 0; i < jobs.Length; i++)
+        {
+            var (kernel, x) = (kernels[i], inputs[i]);
+            if (kernel.Storage != WeightStorage.Float32 || !kernel.Accepts(x) || !x.is_contiguous())
+                throw new ArgumentException($"input {i}: a contiguous float32 CPU input of width {kernel.InFeatures} for a float32 kernel is needed");
+            var shape = x.shape;
+            shape[^1] = kernel.OutFeatures;
+            outputs[i] = torch.empty(shape, ScalarType.Float32);
+            jobs[i] = kernel.JobFor(x, outputs[i]);
+            jobs[i].XBlocks = jobs[i].X;
+        }
+        Run(jobs);
+        return outputs;
+    }
+
+    private unsafe Job JobFor(Tensor input, Tensor output) => new()
+    {
+        X = (float*)Pointer(input), Y = (float*)Pointer(output), W = Pointer(_weight),
+        Scale = _scale is null ? null : (float*)Pointer(_scale), Bias = _bias is null ? null : (float*)Pointer(_bias),
+        M = (int)(input.NumberOfElements / InFeatures), N = (int)OutFeatures, K = (int)InFeatures, Storage = Storage,
+    };
+
+    /// <summary>
+    /// Output rows in chunks taken by the threads as they come free (a busy core does not hold the others up): up to 128
+    /// rows (long runs for the prefetchers), fewer when that would leave a thread idle (small matrices, many input rows).
+    /// </summary>
+    private static int ChunkRows(int n, int threads) => Math.Clamp((n / (threads * 4) + 3) / 4 * 4, 16, 128);
+
+    private static void Run(Job job) => Run([job]);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Run(Job[] jobs)
+    {
         int threads = Math.Max(1, torch.get_num_threads());
-        if (threads == 1 || chunks == 1) { Rows(job, 0, job.N); return; }
+        var first = new int[jobs.Length + 1];     // chunk index where job i starts
+        var size = new int[jobs.Length];
+        for (int i = 0; i < jobs.Length; i++)
+        {
+            size[i] = ChunkRows(jobs[i].N, threads);
+            first[i + 1] = first[i] + (jobs[i].N + size[i] - 1) / size[i];
+        }
+        int chunks = first[^1];
+        void Chunk(int c)
+        {
+            int i = 0;
+            while (c >= first[i + 1]) i++;
+            int n0 = (c - first[i]) * size[i];
+            Rows(jobs[i], n0, Math.Min(jobs[i].N, n0 + size[i]));
+        }
+        if (threads == 1 || chunks == 1)
+        {
+            for (int c = 0; c < chunks; c++) Chunk(c);
+            return;
+        }
         int next = -1;
         CpuWorkers.For(threads).Run(_ =>
         {
-            for (int c; (c = Interlocked.Increment(ref next)) < chunks;)
-                Rows(job, c * rowsPerChunk, Math.Min(job.N, (c + 1) * rowsPerChunk));
+            for (int c; (c = Interlocked.Increment(ref next)) < chunks;) Chunk(c);
         });
     }
 

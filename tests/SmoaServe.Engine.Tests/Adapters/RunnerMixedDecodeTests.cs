@@ -55,6 +55,43 @@ public class RunnerMixedDecodeTests
     }
 
     /// <summary>
+    /// Every row of the step on SMoA adapters of one layout (one anchored bank for all rows: on a float32 CPU model the
+    /// SMoA bank's decode loop instead of the batched GEMM form), each at its own position.
+    /// </summary>
+    [Fact]
+    public void DecodeStepWithEveryRowOnOneSmoaBankMatchesEachRowsReference()
+    {
+        var model = TestModels.LlamaA;
+        using var registry = new AdapterRegistry(BaseModelView.From(model), options: new AdapterRegistryOptions { SmoaForm = SmoaForm.Anchored });
+        registry.Load("smoa-adapter", TestModels.AdapterDir("smoa-adapter"));
+        using var runner = new ModelRunner(model, slotCount: 4, maxSequenceLength: 64, registry);
+        var (ids, logits) = TestModels.Expected(Path.Combine(TestModels.AdapterDir("smoa-adapter"), "expected_logits.safetensors"))[1];
+        int[] lengths = [33, 7, 20, 2];
+        var decode = new List<DecodeRow>();
+        for (int slot = 0; slot < lengths.Length; slot++)
+        {
+            runner.Prefill(slot, ids[..(lengths[slot] - 1)].Select(i => (int)i).ToArray(), 0, "smoa-adapter");
+            decode.Add(new DecodeRow(slot, (int)ids[lengths[slot] - 1], lengths[slot] - 1, "smoa-adapter"));
+        }
+        for (int step = 0; step < 2; step++)   // the second step reuses the batch plan (cached factors)
+        {
+            var result = runner.Decode(decode);
+            for (int i = 0; i < lengths.Length; i++)
+            {
+                using var got = tensor(result[i]);
+                double diff = TestModels.MaxAbsDiff(got, logits[lengths[i] - 1]);
+                Assert.True(diff <= TestModels.AdapterTolerance, $"step {step} row {i} (position {lengths[i] - 1}): max |Δ| = {diff:g3}");
+            }
+            if (step == 0)
+                for (int i = 0; i < lengths.Length; i++)
+                {
+                    runner.FreeSlot(i);
+                    runner.Prefill(i, ids[..(lengths[i] - 1)].Select(t => (int)t).ToArray(), 0, "smoa-adapter");
+                }
+        }
+    }
+
+    /// <summary>
     /// Prefill chunks of five sequences (different adapters, lengths and start positions, a second chunk after a first)
     /// in one batched forward give each row the reference logits of its last prompt token, and leave KV caches from which
     /// one batched decode step reproduces the reference logits of the next token.
