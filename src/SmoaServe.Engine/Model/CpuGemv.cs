@@ -201,10 +201,11 @@ public sealed class CpuGemv : IDisposable
     };
 
     /// <summary>
-    /// Output rows in chunks taken by the threads as they come free (a busy core does not hold the others up): up to 128
-    /// rows (long runs for the prefetchers), fewer when that would leave a thread idle (small matrices, many input rows).
+    /// Output rows in chunks taken by the threads as they come free (a busy core does not hold the others up): 128 rows
+    /// when the product streams weights (one or two input rows: long runs for the prefetchers), fewer when it is bound
+    /// by arithmetic (many input rows) and a small matrix would otherwise leave a thread idle.
     /// </summary>
-    private static int ChunkRows(int n, int threads) => Math.Clamp((n / (threads * 4) + 3) / 4 * 4, 16, 128);
+    private static int ChunkRows(int n, int m, int threads) => m <= 2 ? 128 : Math.Clamp((n / (threads * 4) + 3) / 4 * 4, 16, 128);
 
     private static void Run(Job job) => Run([job]);
 
@@ -216,7 +217,7 @@ public sealed class CpuGemv : IDisposable
         var size = new int[jobs.Length];
         for (int i = 0; i < jobs.Length; i++)
         {
-            size[i] = ChunkRows(jobs[i].N, threads);
+            size[i] = ChunkRows(jobs[i].N, jobs[i].M, threads);
             first[i + 1] = first[i] + (jobs[i].N + size[i] - 1) / size[i];
         }
         int chunks = first[^1];

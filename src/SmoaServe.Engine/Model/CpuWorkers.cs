@@ -12,7 +12,7 @@ namespace SmoaServe.Engine.Model;
 public sealed class CpuWorkers
 {
     /// <summary>How long an idle worker spins before it blocks.</summary>
-    public static readonly TimeSpan SpinTime = TimeSpan.FromMicroseconds(100);
+    public static readonly TimeSpan SpinTime = TimeSpan.FromMilliseconds(1);
 
     private static readonly object Create = new();
     private static CpuWorkers? _shared;
