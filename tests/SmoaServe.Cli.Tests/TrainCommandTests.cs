@@ -116,9 +116,12 @@ public sealed class TrainCommandTests
         using var json = JsonDocument.Parse(stdout.Split('\n').Last(l => l.StartsWith("{\"itl", StringComparison.Ordinal)));
         var root = json.RootElement;
         Assert.Equal(0, root.GetProperty("errors").GetInt32());
-        foreach (var name in new[] { "itl_p50_ms_idle", "itl_p99_ms_idle", "itl_p50_ms_training", "itl_p99_ms_training", "serving_tokens_per_s_idle",
+        foreach (var name in new[] { "itl_p99_ms_idle", "itl_p99_ms_training", "serving_tokens_per_s_idle",
                      "serving_tokens_per_s_training", "training_tokens_per_s_within_step" })
             Assert.True(root.GetProperty(name).GetDouble() > 0, name);
+        // a median gap can be ~0 (chunks of one decode step read back to back on a fast model), never above the p99
+        foreach (var phase in new[] { "idle", "training" })
+            Assert.InRange(root.GetProperty($"itl_p50_ms_{phase}").GetDouble(), 0, root.GetProperty($"itl_p99_ms_{phase}").GetDouble());
         double ratio = root.GetProperty("itl_p99_ms_training").GetDouble() / root.GetProperty("itl_p99_ms_idle").GetDouble();
         Assert.InRange(root.GetProperty("itl_p99_ratio").GetDouble(), ratio * 0.98, ratio * 1.02);   // from the unrounded latencies
     }

@@ -90,8 +90,8 @@ internal static class TrainServingBench
             if (json)
                 Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
                 {
-                    ["itl_p50_ms_idle"] = Math.Round(idle.ItlP50Ms, 2), ["itl_p99_ms_idle"] = Math.Round(idle.ItlP99Ms, 2),
-                    ["itl_p50_ms_training"] = Math.Round(busy.ItlP50Ms, 2), ["itl_p99_ms_training"] = Math.Round(busy.ItlP99Ms, 2),
+                    ["itl_p50_ms_idle"] = Math.Round(idle.ItlP50Ms, 3), ["itl_p99_ms_idle"] = Math.Round(idle.ItlP99Ms, 3),
+                    ["itl_p50_ms_training"] = Math.Round(busy.ItlP50Ms, 3), ["itl_p99_ms_training"] = Math.Round(busy.ItlP99Ms, 3),
                     ["itl_p50_ratio"] = Math.Round(busy.ItlP50Ms / idle.ItlP50Ms, 3), ["itl_p99_ratio"] = Math.Round(busy.ItlP99Ms / idle.ItlP99Ms, 3),
                     ["serving_tokens_per_s_idle"] = Math.Round(idle.TokensPerSecond, 1), ["serving_tokens_per_s_training"] = Math.Round(busy.TokensPerSecond, 1),
                     ["training_tokens_per_s_while_serving"] = Math.Round(trainingWhileServing, 1), ["training_tokens_per_s_alone"] = Math.Round(trainingAlone, 1),
