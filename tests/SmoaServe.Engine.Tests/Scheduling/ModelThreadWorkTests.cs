@@ -9,10 +9,11 @@ public class ModelThreadWorkTests
     [Fact]
     public async Task Work_queued_by_work_waits_for_the_next_decode_step()
     {
-        var runner = new FakeRunner(slots: 2) { StepDelay = TimeSpan.FromMilliseconds(2) };
+        // a sequence that outlasts the test however slowly a loaded machine runs it (cancelled at the end)
+        var runner = new FakeRunner(slots: 2, maxSeq: 1_000_000) { StepDelay = TimeSpan.FromMilliseconds(2) };
         using var scheduler = new Scheduler(() => runner, new SchedulerOptions());
         await scheduler.Ready;
-        var stream = scheduler.Submit(new GenerationRequest { PromptIds = [1, 2, 3], Sampling = new SamplingParams { MaxTokens = 200 } });
+        var stream = scheduler.Submit(new GenerationRequest { PromptIds = [1, 2, 3], Sampling = new SamplingParams { MaxTokens = 500_000 } });
         await stream.Outputs.ReadAsync();                                   // decoding has started
 
         // a chain of ten work items, each queueing the next from the model thread (as an adapter install does)
