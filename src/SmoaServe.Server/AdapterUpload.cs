@@ -91,18 +91,8 @@ public static class AdapterUpload
         await CopyBounded(body, file, max, what, ct);
     }
 
-    private static async Task CopyBounded(Stream body, Stream target, long max, string what, CancellationToken ct)
-    {
-        var buffer = new byte[1 << 16];
-        long total = 0;
-        int n;
-        while ((n = await body.ReadAsync(buffer, ct)) > 0)
-        {
-            total += n;
-            if (total > max) throw Bad($"{what} is larger than the {max} bytes allowed.", "upload_too_large");
-            await target.WriteAsync(buffer.AsMemory(0, n), ct);
-        }
-    }
+    private static Task CopyBounded(Stream body, Stream target, long max, string what, CancellationToken ct) =>
+        RequestBody.CopyAtMostAsync(body, target, max, () => Bad($"{what} is larger than the {max} bytes allowed.", "upload_too_large"), ct);
 
     private static ApiException Bad(string message, string? code = null, string? param = null) => ApiException.BadRequest(message, param, code);
 

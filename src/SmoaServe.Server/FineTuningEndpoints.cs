@@ -133,18 +133,9 @@ public static class FineTuningEndpoints
         finally { service.Files.Discard(temp); }
     }
 
-    private static async Task Copy(Stream body, Stream target, long max, string field, CancellationToken ct)
-    {
-        var buffer = new byte[1 << 16];
-        long total = 0;
-        int n;
-        while ((n = await body.ReadAsync(buffer, ct)) > 0)
-        {
-            total += n;
-            if (total > max) throw ApiException.BadRequest($"'{field}' is larger than the {max} bytes allowed.", field, field == "file" ? "file_too_large" : null);
-            await target.WriteAsync(buffer.AsMemory(0, n), ct);
-        }
-    }
+    private static Task Copy(Stream body, Stream target, long max, string field, CancellationToken ct) =>
+        RequestBody.CopyAtMostAsync(body, target, max,
+            () => ApiException.BadRequest($"'{field}' is larger than the {max} bytes allowed.", field, field == "file" ? "file_too_large" : null), ct);
 
     private static StoredFile FindFile(HttpContext http, FineTuningService s, string id)
     {

@@ -40,6 +40,23 @@ public sealed class RequestBody : IDisposable
         }
     }
 
+    /// <summary>
+    /// Copies an untrusted stream (a multipart section) to <paramref name="target"/>, at most <paramref name="max"/>
+    /// bytes: one byte more throws <paramref name="tooLarge"/>() before it is written.
+    /// </summary>
+    public static async Task CopyAtMostAsync(Stream body, Stream target, long max, Func<Exception> tooLarge, CancellationToken ct)
+    {
+        var buffer = new byte[1 << 16];
+        long total = 0;
+        int n;
+        while ((n = await body.ReadAsync(buffer, ct)) > 0)
+        {
+            total += n;
+            if (total > max) throw tooLarge();
+            await target.WriteAsync(buffer.AsMemory(0, n), ct);
+        }
+    }
+
     /// <summary>A document parsed over this buffer, disposed with it.</summary>
     public void Own(JsonDocument document) => _document = document;
 
